@@ -1,0 +1,49 @@
+# agir: `make demo` runs the loop on generated demo data; `make test` runs the test suite.
+# Both create .venv once (reinstalling only when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+
+.PHONY: venv test test-fast test-slurm demo demo-data lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,slurm,bench]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+test-slurm: $(STAMP)
+	AGIR_SLURM=1 $(BIN)/python -m pytest -q -m slurm
+
+data/demo/agir_demo.duckdb: | $(STAMP)
+	$(BIN)/agir-cvtoolkit demo-data --out data/demo
+
+demo-data: data/demo/agir_demo.duckdb
+
+demo: $(STAMP) data/demo/agir_demo.duckdb
+	$(BIN)/python scripts/demo.py --cores $(CORES)
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests scripts benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format lib tests scripts benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/query_bench.py
+	$(BIN)/python benchmarks/infer_bench.py
+	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/cvat_bench.py
+
+clean:
+	rm -rf outputs .snakemake report.html

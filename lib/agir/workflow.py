@@ -1,0 +1,84 @@
+"""Helpers the Snakefile's rule files use (kept here so they are unit-tested, not buried in .smk)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agir.runs import project_dir
+
+# Sections every stage needs to find its run folder.
+BASE_SECTIONS = ("project", "io")
+
+# The config sections each stage reads. A change in one of them reruns that stage (via params:).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "query": ("db", "query"),
+    "infer": ("db", "query", "classes", "seg_inference"),
+    "evaluate": ("classes",),
+    "upload": ("cvat", "cvat_upload"),
+    "download": ("cvat", "cvat_download"),
+    "preprocess": ("db", "query", "classes", "preprocess"),
+    "train": ("train",),
+    "report": (),
+}
+
+
+def stage_config(config: Mapping[str, Any], stage: str) -> dict:
+    """The part of the config a stage depends on (passed to rules through params:)."""
+    keys = BASE_SECTIONS + STAGE_SECTIONS[stage]
+    return {k: config[k] for k in keys if k in config}
+
+
+def wants_cvat(config: Mapping[str, Any]) -> bool:
+    return config["preprocess"]["label_source"] == "cvat"
+
+
+def gpu_count(device: Any) -> int:
+    """1 when a device setting asks for CUDA (cuda, cuda:N, gpu), else 0."""
+    text = str(device).lower()
+    return 1 if text.startswith("cuda") or text == "gpu" else 0
+
+
+def round_names(config: Mapping[str, Any]) -> list[str]:
+    """Rounds of the project that preprocess combines: preprocess.rounds, or every round up to this one."""
+    explicit = config["preprocess"].get("rounds")
+    current = str(config["project"]["subname"])
+    if explicit:
+        return [str(r) for r in explicit]
+    root = project_dir(config)
+    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return sorted({r for r in found if r <= current} | {current})
+
+
+def earlier_round_receipts(config: Mapping[str, Any]) -> list[str]:
+    """`cvat/download.json` of the earlier rounds that have one (existing files: no rule rebuilds them)."""
+    current = str(config["project"]["subname"])
+    root = project_dir(config)
+    out = []
+    for name in round_names(config):
+        if name == current:
+            continue
+        receipt = root / name / "cvat" / "download.json"
+        if receipt.exists():
+            out.append(str(receipt))
+    return out
+
+
+def relpath(path: str | Path, start: str | Path) -> str:
+    return str(Path(path).resolve().relative_to(Path(start).resolve()))
+
+
+def db_source_files(config: Mapping[str, Any]) -> list[str]:
+    """The database file(s) behind query.db, so editing the database reruns the query."""
+    import glob
+
+    entry = config["db"].get(config["query"]["db"]) or {}
+    path = str(entry.get("path", ""))
+    if any(ch in path for ch in "*?["):
+        return sorted(glob.glob(path))
+    return [path] if path else []
+
+
+def shard_ids(config: Mapping[str, Any]) -> list[int]:
+    return list(range(int(config["seg_inference"]["shards"])))

@@ -1,0 +1,5 @@
+"""Rule `infer_gather`: merge the shards' manifests and metrics -> infer/manifest.jsonl."""
+from agir.infer.stage import merge_infer_shards
+from agir.rule import run_rule
+
+run_rule(snakemake, merge_infer_shards, shard_count=int(snakemake.params.shard_count))

@@ -1,0 +1,15 @@
+"""Rules `infer_seg` / `infer_seg_shard`: pre-label masks -> infer/ (or one shard of it)."""
+import os
+
+from agir.infer.stage import run_infer_stage
+from agir.rule import run_rule
+
+shard = snakemake.wildcards.get("shard")
+run_rule(
+    snakemake,
+    run_infer_stage,
+    sections=["classes", "seg_inference"],
+    shard_index=None if shard is None else int(shard),
+    shard_count=int(snakemake.params.get("shard_count", 1)),
+    force=os.environ.get("AGIR_FORCE") == "1",
+)

@@ -1,0 +1,22 @@
+# Stage 5: combine labelled rounds (or the database's masks) into a tiled, grouped-split dataset -> dataset/
+
+
+rule preprocess:
+    input:
+        unpack(preprocess_inputs),
+    output:
+        index=run_path("dataset/index.csv"),
+    params:
+        cfg=stage_config(config, "preprocess"),
+    log:
+        log_path("preprocess"),
+    benchmark:
+        bench_path("preprocess")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        f"{ENVS}/base.yaml"
+    script:
+        f"{SCRIPTS}/preprocess.py"

@@ -8,26 +8,42 @@ from typing import Any
 
 from agir.runs import project_dir
 
-# Sections every stage needs to find its run folder.
-BASE_SECTIONS = ("project", "io")
-
 # The config sections each stage reads. A change in one of them reruns that stage (via params:).
+# Every stage also gets project.name/subname and io.out_root (to find its run folder); stages that
+# open image files get the whole `io` section (storage roots).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "query": ("db", "query"),
-    "infer": ("db", "query", "classes", "seg_inference"),
-    "evaluate": ("classes",),
+    "infer": ("io", "db", "query", "classes", "seg_inference"),
+    "evaluate": ("io", "classes"),
     "upload": ("cvat", "cvat_upload"),
     "download": ("cvat", "cvat_download"),
-    "preprocess": ("db", "query", "classes", "preprocess"),
+    "preprocess": ("io", "db", "query", "classes", "preprocess"),
     "train": ("train",),
-    "report": (),
+    "report": ("project",),
 }
+
+STAGE_ORDER = ("query", "infer", "upload", "download", "preprocess", "train")
 
 
 def stage_config(config: Mapping[str, Any], stage: str) -> dict:
     """The part of the config a stage depends on (passed to rules through params:)."""
-    keys = BASE_SECTIONS + STAGE_SECTIONS[stage]
-    return {k: config[k] for k in keys if k in config}
+    out: dict[str, Any] = {
+        "project": {k: config["project"][k] for k in ("name", "subname")},
+        "io": {"out_root": config["io"]["out_root"]},
+    }
+    for key in STAGE_SECTIONS[stage]:
+        if key in config:
+            out[key] = config[key]
+    return out
+
+
+def stages_until(config: Mapping[str, Any]) -> list[str]:
+    """Stages `all` builds for this round: up to project.until, skipping CVAT unless label_source is cvat."""
+    last = config["project"].get("until", "train")
+    stages = list(STAGE_ORDER[: STAGE_ORDER.index(last) + 1])
+    if not wants_cvat(config):
+        stages = [s for s in stages if s not in ("upload", "download")]
+    return stages
 
 
 def wants_cvat(config: Mapping[str, Any]) -> bool:
@@ -82,3 +98,13 @@ def db_source_files(config: Mapping[str, Any]) -> list[str]:
 
 def shard_ids(config: Mapping[str, Any]) -> list[int]:
     return list(range(int(config["seg_inference"]["shards"])))
+
+
+DEMO_DB_NAME = "agir_demo.duckdb"
+
+
+def demo_db_path(config: Mapping[str, Any]) -> str | None:
+    """The configured database when it is the generated demo database (a rule can then build it)."""
+    entry = config["db"].get(config["query"]["db"]) or {}
+    path = str(entry.get("path", ""))
+    return path if Path(path).name == DEMO_DB_NAME else None

@@ -2,10 +2,12 @@
 from agir.runs import project_dir, run_dir
 from agir.workflow import (
     db_source_files,
+    demo_db_path,
     earlier_round_receipts,
-    shard_ids,
     gpu_count,
+    shard_ids,
     stage_config,
+    stages_until,
     wants_cvat,
 )
 
@@ -47,9 +49,20 @@ def preprocess_inputs(wildcards):
     }
 
 
+STAGE_TARGETS = {
+    "query": ["query/query.json"],
+    "infer": ["infer/manifest.jsonl", "infer/quality.json"],
+    "upload": ["cvat/upload.json"],
+    "download": ["cvat/download.json"],
+    "preprocess": ["dataset/index.csv"],
+    "train": ["model/best.pth"],
+}
+
+
+def stage_targets():
+    """This round's stage outputs up to project.until (CVAT only when label_source is cvat)."""
+    return [run_path(t) for stage in stages_until(config) for t in STAGE_TARGETS[stage]]
+
+
 def all_targets():
-    targets = [run_path("query/query.json"), run_path("infer/manifest.jsonl"), run_path("infer/quality.json")]
-    if wants_cvat(config):
-        targets += [run_path("cvat/upload.json"), run_path("cvat/download.json")]
-    targets += [run_path("dataset/index.csv"), run_path("model/best.pth"), run_path("report/summary.json")]
-    return targets
+    return stage_targets() + [run_path("report/summary.json")]

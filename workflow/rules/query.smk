@@ -22,3 +22,26 @@ rule query:
         f"{ENVS}/base.yaml"
     script:
         f"{SCRIPTS}/query.py"
+
+
+# A fresh clone has no database yet: when the configured source is the embedded demo database,
+# generate it (deterministic; `agir-cvtoolkit demo-data` does the same by hand).
+DEMO_DB = demo_db_path(config)
+if DEMO_DB:
+
+    rule demo_data:
+        output:
+            db=DEMO_DB,
+        params:
+            out=str(Path(DEMO_DB).parent),
+        log:
+            f"{Path(DEMO_DB).parent}/demo_data.log",
+        localrule: True
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        conda:
+            f"{ENVS}/base.yaml"
+        script:
+            f"{SCRIPTS}/demo_data.py"

@@ -2,6 +2,15 @@
 # Only part of the DAG when preprocess.label_source is cvat.
 
 
+def upload_message():
+    if Path(run_path("cvat/upload.json")).exists():
+        return (
+            "upload_cvat: pre-labels changed since the last upload; new CVAT tasks will be created "
+            "(existing tasks are kept; see cvat/upload.json)"
+        )
+    return "upload_cvat: uploading images and pre-labels to CVAT"
+
+
 rule upload_cvat:
     input:
         manifest=run_path("infer/manifest.jsonl"),
@@ -9,6 +18,8 @@ rule upload_cvat:
         receipt=run_path("cvat/upload.json"),
     params:
         cfg=stage_config(config, "upload"),
+    message:
+        upload_message()
     log:
         log_path("upload_cvat"),
     localrule: True

@@ -1,0 +1,95 @@
+"""Real Snakemake runs on a tiny project: only stale stages rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import planned_rules, run_snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+RUN = Path("outputs/runs/tiny/round_001")
+
+
+def test_full_round_builds_every_output(built_round1):
+    run = built_round1 / RUN
+    for rel in ("query/query.json", "query/query_spec.json", "infer/manifest.jsonl", "infer/masks/classes.json",
+                "infer/quality.json", "dataset/index.csv", "dataset/classes.json", "model/best.pth",
+                "model/metrics.json", "report/summary.json", "report/query_summary.png", "cfg.yaml",
+                "logs/query.log", "logs/train.log", "benchmarks/train.tsv"):
+        assert (run / rel).exists(), rel
+    assert "password" not in (run / "cfg.yaml").read_text()
+
+
+def test_second_run_does_nothing(built_copy):
+    assert planned_rules(built_copy) == {}
+    proc = run_snakemake(built_copy, "all")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_train_setting_reruns_only_train(built_copy):
+    write_config(built_copy, **{"train.lr": 0.002})
+    assert set(planned_rules(built_copy)) == {"train", "report_summary", "all"}
+
+
+def test_tile_setting_reruns_inference_and_dependents(built_copy):
+    write_config(built_copy, **{"seg_inference.tile.size": 96})
+    assert set(planned_rules(built_copy)) == {"infer_seg", "evaluate_prelabels", "report_summary", "all"}
+
+
+def test_tile_setting_with_cvat_says_new_tasks(built_copy):
+    run = built_copy / RUN
+    (run / "cvat").mkdir(exist_ok=True)
+    (run / "cvat" / "upload.json").write_text(json.dumps({"tasks": []}))
+    write_config(built_copy, **{"seg_inference.tile.size": 96, "preprocess.label_source": "cvat"})
+    proc = run_snakemake(built_copy, "-n", "all")
+    assert "new CVAT task" in proc.stdout + proc.stderr
+
+
+def test_editing_database_reruns_query(built_copy):
+    db = built_copy / "demo" / "agir_demo.duckdb"
+    later = time.time() + 5
+    os.utime(db, (later, later))
+    assert "query" in planned_rules(built_copy)
+
+
+def test_db_masks_skips_cvat_rules_and_cvat_includes_them(built_copy):
+    assert not {"upload_cvat", "download_cvat"} & set(planned_rules(built_copy, "-F"))
+    write_config(built_copy, **{"preprocess.label_source": "cvat"})
+    planned = planned_rules(built_copy, "-F")
+    assert {"upload_cvat", "download_cvat"} <= set(planned)
+
+
+def test_round2_uses_round1_model_without_touching_round1(built_copy):
+    r1 = built_copy / RUN
+    before = {p: p.stat().st_mtime_ns for p in r1.rglob("*") if p.is_file()}
+    write_config(built_copy, "round2.yaml", **{
+        "project.subname": "round_002", "project.until": "infer",
+        "seg_inference.model.ckpt_path": str(RUN / "model" / "best.pth"),
+    })
+    run_snakemake(built_copy, "all", config="round2.yaml")
+    after = {p: p.stat().st_mtime_ns for p in r1.rglob("*") if p.is_file()}
+    assert before == after
+    r2 = built_copy / "outputs/runs/tiny/round_002"
+    metrics = json.loads((r2 / "infer" / "metrics.json").read_text())
+    assert "best.pth" in json.dumps(metrics)
+    assert (r2 / "infer" / "quality.json").exists() and not (r2 / "model").exists()
+    assert planned_rules(built_copy, config="round2.yaml") == {}
+
+
+def test_sharded_inference_scatter_gather(workdir):
+    write_config(workdir, **{"seg_inference.shards": 2, "project.until": "infer"})
+    planned = planned_rules(workdir)
+    assert planned.get("infer_seg_shard") == 2 and planned.get("infer_gather") == 1
+    run_snakemake(workdir, "all")
+    run = workdir / RUN
+    lines = [json.loads(x) for x in (run / "infer" / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    records = json.loads((run / "query" / "query.json").read_text())
+    image_ids = {r["image_id"] for r in records}
+    assert {line["image_id"] for line in lines} == image_ids
+    assert all(line["status"] == "ok" for line in lines)

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from .conftest import planned_rules, run_snakemake, write_config
+from wfutil import planned_rules, run_snakemake, write_config
 
 pytestmark = pytest.mark.slow
 

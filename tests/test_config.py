@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from agir.config import (
     all_keys,
     apply_overrides,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from agir import masks
 from agir.errors import AgirError
+from PIL import Image
 
 
 def test_mask_roundtrip_keeps_indices_and_palette(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from agir.errors import ConfigError
 from agir.tiling import axis_starts, tile_grid
 

@@ -88,6 +88,7 @@ rule evaluate_prelabels:
         cfg=stage_config(config, "evaluate"),
     log:
         log_path("evaluate_prelabels"),
+    localrule: True
     threads: 1
     resources:
         mem_mb=4000,

@@ -14,6 +14,7 @@ rule query:
         log_path("query"),
     benchmark:
         bench_path("query")
+    localrule: True
     threads: 1
     resources:
         mem_mb=4000,

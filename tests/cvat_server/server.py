@@ -185,6 +185,12 @@ class CvatTestServer:
                 created_date=p["created"],
                 updated_date=p["updated"],
                 dimension="2d",
+                organization=None,
+                organization_id=None,
+                assignee=None,
+                owner=None,
+                source_storage=None,
+                target_storage=None,
             )
         )
 
@@ -240,6 +246,12 @@ class CvatTestServer:
                 subset=t.get("subset") or "",
                 dimension="2d",
                 data_chunk_size=t.get("chunk_size") or 36,
+                organization=None,
+                organization_id=None,
+                assignee=None,
+                owner=None,
+                source_storage=None,
+                target_storage=None,
             )
         )
 
@@ -265,6 +277,10 @@ class CvatTestServer:
                 created_date=j["created"],
                 updated_date=j["updated"],
                 data_chunk_size=36,
+                organization=None,
+                assignee=None,
+                source_storage=None,
+                target_storage=None,
             )
         )
 

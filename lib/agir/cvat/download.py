@@ -1,0 +1,421 @@
+"""download-cvat: finished CVAT tasks -> refined class-index masks, `cvat/download.json` and statistics.
+
+Order of work: resolve the tasks, check the status gate for all of them (or wait), and only then
+write anything, so a pending round leaves no half-written annotations. A task whose server-side
+`updated_date` (task and jobs) matches the last download is not fetched again unless refreshing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cvat_sdk.core.downloading import Downloader
+from tqdm import tqdm
+
+from agir.cvat.client import CvatSession, session_from_config
+from agir.cvat.decode import decode_archive, rasterise, shapes_by_frame
+from agir.cvat.stats import frame_change, label_pixels, summarise_changes
+from agir.cvat.upload import cvat_dir, update_metrics
+from agir.errors import AgirError
+from agir.images import encode_image, read_image
+from agir.logs import get_logger
+from agir.masks import (
+    IGNORE,
+    color_for_name,
+    make_classes,
+    read_classes,
+    read_mask,
+    remap_lut,
+    write_classes,
+    write_mask,
+)
+from agir.runs import read_json, write_bytes, write_json
+
+log = get_logger("cvat.download")
+
+RECEIPT_VERSION = 1
+
+
+# ---------------------------------------------------------------- which tasks, and are they done
+
+
+def resolve_tasks(session: CvatSession, cfg: Mapping[str, Any], upload: dict | None) -> tuple[list[int], str]:
+    d = cfg.get("cvat_download") or {}
+    if d.get("task_ids"):
+        return [int(t) for t in d["task_ids"]], "cvat_download.task_ids"
+    if d.get("project_id"):
+        rows = session.list_all(f"list tasks of project {d['project_id']}", session.api.tasks_api.list, project_id=int(d["project_id"]))
+        if not rows:
+            raise AgirError(f"CVAT {session.host}: project {d['project_id']} (cvat_download.project_id) has no tasks")
+        return sorted(int(t["id"]) for t in rows), "cvat_download.project_id"
+    if not upload or not upload.get("tasks"):
+        raise AgirError(
+            "cvat/upload.json missing or without tasks; run upload-cvat first, or set cvat_download.task_ids or "
+            "cvat_download.project_id to download tasks created elsewhere"
+        )
+    if upload.get("server") and upload["server"] != session.host:
+        raise AgirError(
+            f"cvat/upload.json was written for {upload['server']} but the CVAT host is now {session.host}; "
+            "set CVAT_HOST/cvat.host back, or use cvat_download.task_ids"
+        )
+    return [int(t["id"]) for t in upload["tasks"]], "cvat/upload.json"
+
+
+def task_state(session: CvatSession, task_id: int) -> dict:
+    task = session.call(f"read task {task_id}", session.api.tasks_api.retrieve, task_id)
+    jobs = session.list_all(f"list jobs of task {task_id}", session.api.jobs_api.list, task_id=task_id)
+    return {"task": task, "jobs": jobs}
+
+
+def _job_frames(j: Mapping) -> int:
+    if j.get("frame_count") is not None:
+        return int(j["frame_count"])
+    return int(j.get("stop_frame", 0)) - int(j.get("start_frame", 0)) + 1
+
+
+def pending_work(state: dict, required: str) -> list[dict]:
+    """Jobs still to do under the gate; [] when the task passes."""
+    task, jobs = state["task"], state["jobs"]
+    if required == "completed":
+        if task.get("status") == "completed":
+            return []
+        return [j for j in jobs if j.get("stage") != "acceptance" or j.get("state") != "completed"] or [
+            {"id": None, "stage": task.get("status"), "state": "?", "frame_count": task.get("size") or 0}
+        ]
+    return [j for j in jobs if not (j.get("stage") == "acceptance" and j.get("state") == "completed")]
+
+
+def describe_pending(states: dict[int, dict], pending: dict[int, list[dict]], required: str) -> str:
+    frames = sum(_job_frames(j) for js in pending.values() for j in js)
+    parts = []
+    for tid, js in pending.items():
+        t = states[tid]["task"]
+        jobs = ", ".join(f"job {j['id']} {j.get('stage')}/{j.get('state')}" for j in js[:6] if j.get("id"))
+        more = f" +{len(js) - 6} more" if len(js) > 6 else ""
+        parts.append(f"task {tid} {t.get('name')!r} status {t.get('status')} ({jobs or 'no jobs'}{more})")
+    gate = "task status completed" if required == "completed" else "every job in stage acceptance, state completed"
+    return (
+        f"{len(pending)} of {len(states)} CVAT task(s) not done ({gate}): {'; '.join(parts)}; "
+        f"{frames} frame(s) remain. Finish them in CVAT, or set cvat_download.wait: true to wait"
+    )
+
+
+def gate(session: CvatSession, task_ids: list[int], dcfg: Mapping[str, Any]) -> dict[int, dict]:
+    required = dcfg.get("required_status", "completed")
+    wait = bool(dcfg.get("wait", False))
+    poll = float(dcfg.get("poll_seconds", 30))
+    deadline = time.monotonic() + 60 * float(dcfg.get("timeout_minutes", 60))
+    while True:
+        states = {tid: task_state(session, tid) for tid in task_ids}
+        pending = {tid: p for tid, s in states.items() if (p := pending_work(s, required))}
+        if not pending:
+            return states
+        message = describe_pending(states, pending, required)
+        if not wait:
+            raise AgirError(message)
+        if time.monotonic() + poll > deadline:
+            raise AgirError(f"gave up waiting after {dcfg.get('timeout_minutes')} min (cvat_download.timeout_minutes): {message}")
+        log.info("waiting %gs: %s", poll, message)
+        time.sleep(poll)
+
+
+def signature(state: dict) -> str:
+    """What changes whenever people touch a task: its and its jobs' updated dates."""
+    dates = [str(state["task"].get("updated_date"))] + sorted(str(j.get("updated_date")) for j in state["jobs"])
+    return "|".join(dates)
+
+
+# ---------------------------------------------------------------- classes of the annotations folder
+
+
+def folder_classes(upload: dict | None, labels: list[dict]) -> list[dict]:
+    """Uploaded classes first (same indices as the pre-labels), then every other label name."""
+    base = list((upload or {}).get("classes") or [])
+    names = [c["name"] for c in base]
+    colors = {c["name"]: c.get("color") for c in base}
+    for lab in labels:
+        if lab["name"] not in names:
+            names.append(lab["name"])
+            colors[lab["name"]] = lab.get("color") or color_for_name(lab["name"])
+    return make_classes(names, colors)
+
+
+# ---------------------------------------------------------------- per task
+
+
+def _frame_ids(task_id: int, frames: list[dict], upload_task: dict | None, taken: dict[str, int]) -> list[str]:
+    if upload_task:
+        by_frame = {int(f["frame"]): str(f["record_id"]) for f in upload_task.get("frames", [])}
+        ids = [by_frame.get(i, Path(f["name"]).stem) for i, f in enumerate(frames)]
+    else:
+        ids = [Path(str(f["name"])).stem for f in frames]
+    out = []
+    for rid in ids:
+        if taken.get(rid, task_id) != task_id:
+            rid = f"t{task_id}_{rid}"  # the same file name in two foreign tasks
+        taken[rid] = task_id
+        out.append(rid)
+    return out
+
+
+def _export_masks(session: CvatSession, task_id: int, fmt: str, workdir: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
+    archive = workdir / f"task_{task_id}.zip"
+    endpoint = session.api.tasks_api.create_dataset_export_endpoint
+    try:
+        session._timed(
+            lambda: Downloader(session.client).prepare_and_download_file_from_endpoint(
+                endpoint, archive, url_params={"id": task_id}, query_params={"format": fmt, "save_images": False}
+            )
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise session._error(f"export task {task_id} as {fmt!r}", exc) from None
+    return decode_archive(archive, fmt, workdir / f"task_{task_id}")
+
+
+def download_task(
+    session: CvatSession,
+    run: Path,
+    task_id: int,
+    state: dict,
+    classes: list[dict],
+    upload_task: dict | None,
+    fmt: str,
+    taken: dict[str, int],
+    pre_classes: list[dict] | None,
+) -> dict:
+    api = session.api
+    out = cvat_dir(run) / "annotations"
+    index_by_name = {c["name"]: int(c["index"]) for c in classes}
+    names_by_index = {int(c["index"]): c["name"] for c in classes}
+    labels = session.list_all(f"list labels of task {task_id}", api.labels_api.list, task_id=task_id)
+    index_by_label = {int(lab["id"]): index_by_name.get(lab["name"], IGNORE) for lab in labels}
+    name_by_label = {int(lab["id"]): lab["name"] for lab in labels}
+    meta = session.call(f"read frames of task {task_id}", api.tasks_api.retrieve_data_meta, task_id)
+    frames = meta.get("frames") or []
+    deleted = {int(f) for f in meta.get("deleted_frames") or []}
+    ids = _frame_ids(task_id, frames, upload_task, taken)
+
+    shape_counts: dict[str, int] = {}
+    if fmt == "api":
+        anns = session.call(f"read annotations of task {task_id}", api.tasks_api.retrieve_annotations, task_id)
+        by_frame = shapes_by_frame(anns)
+        archive_masks, lut = None, None
+    else:
+        by_frame = {}
+        with tempfile.TemporaryDirectory(dir=cvat_dir(run)) as tmp:
+            archive_masks, archive_classes = _export_masks(session, task_id, fmt, Path(tmp))
+        lut = remap_lut(archive_classes, index_by_name)
+    pre_lut = remap_lut(pre_classes, index_by_name) if pre_classes else None
+
+    entry: dict[str, Any] = {"id": task_id, "name": state["task"].get("name"), "status": state["task"].get("status")}
+    frames_out, failed, changes, pixels = [], [], [], {}
+    for i, f in enumerate(tqdm(frames, desc=f"download-cvat task {task_id}", unit="frame", disable=None, leave=False)):
+        if i in deleted:
+            continue
+        rid = ids[i]
+        w, h = int(f["width"]), int(f["height"])
+        try:
+            if archive_masks is None:
+                shapes = by_frame.get(i, [])
+                for s in shapes:
+                    if not s.get("outside"):
+                        lname = name_by_label.get(int(s["label_id"]), str(s["label_id"]))
+                        shape_counts[lname] = shape_counts.get(lname, 0) + 1
+                mask = rasterise(shapes, w, h, index_by_label)
+            else:
+                stem = Path(str(f["name"])).stem
+                if stem not in archive_masks:
+                    raise AgirError(f"frame {f['name']!r} missing from the {fmt} export")
+                mask = lut[archive_masks[stem]]
+                if mask.shape != (h, w):
+                    raise AgirError(f"export mask {mask.shape[::-1]} != frame size {w}x{h}")
+        except (AgirError, ValueError) as exc:
+            failed.append({"frame": i, "record_id": rid, "reason": str(exc)})
+            log.warning("task %s frame %d (%s): %s", task_id, i, rid, exc)
+            continue
+        write_mask(out / "masks" / f"{rid}.png", mask, classes)
+        _write_image(session, run, task_id, i, rid, upload_task is not None, out / "images" / f"{rid}.jpg")
+        for name, n in label_pixels(mask, names_by_index).items():
+            pixels[name] = pixels.get(name, 0) + n
+        pre_path = run / "infer" / "masks" / f"{rid}.png"
+        if pre_lut is not None and upload_task is not None and pre_path.exists():
+            change = frame_change(pre_lut[read_mask(pre_path)], mask, names_by_index)
+            changes.append({"record_id": rid, **change})
+        frames_out.append({"frame": i, "name": os.path.basename(str(f["name"])), "record_id": rid})
+    entry.update(
+        {
+            "frames": frames_out,
+            "deleted_frames": sorted(deleted),
+            "failed": failed,
+            "stats": {
+                "frames": len(frames_out),
+                "frames_deleted": len(deleted),
+                "frames_failed": len(failed),
+                "shapes_per_label": dict(sorted(shape_counts.items())) if fmt == "api" else None,
+                "pixels_per_label": dict(sorted(pixels.items())),
+                "changes": summarise_changes(changes),
+                "changed_fraction_per_frame": {c["record_id"]: c["changed_fraction"] for c in changes},
+            },
+        }
+    )
+    return entry
+
+
+def _write_image(session: CvatSession, run: Path, task_id: int, frame: int, rid: str, ours: bool, dest: Path) -> None:
+    src = run / "infer" / "images" / f"{rid}.jpg"
+    if ours and src.exists():
+        # the exact pixels that were uploaded (CVAT's stored copy is re-encoded)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        return
+    data = session.call(
+        f"download frame {frame} of task {task_id}", session.api.tasks_api.retrieve_data, task_id, type="frame", number=frame, quality="original"
+    )
+    if not isinstance(data, bytes | bytearray):
+        raise AgirError(f"CVAT {session.host}: frame {frame} of task {task_id} came back as {type(data).__name__}, not an image")
+    if data[:3] == b"\xff\xd8\xff":
+        write_bytes(dest, bytes(data))
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".img") as fh:
+            fh.write(data)
+            fh.flush()
+            write_bytes(dest, encode_image(read_image(fh.name), ".jpg", 95))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _read_optional(path: Path) -> dict | None:
+    try:
+        return read_json(path) if path.exists() else None
+    except (OSError, ValueError):
+        log.warning("%s unreadable; ignoring it", path)
+        return None
+
+
+def _outputs_exist(run: Path, entry: Mapping) -> bool:
+    base = cvat_dir(run) / "annotations"
+    return all((base / "masks" / f"{f['record_id']}.png").exists() for f in entry.get("frames", []))
+
+
+def run_download_stage(
+    cfg: Mapping[str, Any], run: str | os.PathLike, refresh: bool = False, *, session: CvatSession | None = None
+) -> dict:
+    """Download refined annotations of this round; writes cvat/annotations/, cvat/download.json, metrics["download"]."""
+    t0 = time.perf_counter()
+    run = Path(run)
+    dcfg = cfg.get("cvat_download") or {}
+    refresh = bool(refresh or dcfg.get("refresh", False))
+    fmt = dcfg.get("format", "api") or "api"
+    upload = _read_optional(cvat_dir(run) / "upload.json")
+    receipt_path = cvat_dir(run) / "download.json"
+    prev = _read_optional(receipt_path) or {}
+    pre_classes = None
+    if (run / "infer" / "masks" / "classes.json").exists():
+        pre_classes = read_classes(run / "infer" / "masks")
+
+    own = session is None
+    session = session or session_from_config(cfg, poll_seconds=0.5)
+    try:
+        task_ids, source = resolve_tasks(session, cfg, upload)
+        states = gate(session, task_ids, dcfg)
+        labels: list[dict] = []
+        for tid in task_ids:
+            for lab in session.list_all(f"list labels of task {tid}", session.api.labels_api.list, task_id=tid):
+                if lab["name"] not in {x["name"] for x in labels} and not lab.get("parent_id"):
+                    labels.append(lab)
+        classes = folder_classes(upload, labels)
+        same_classes = [(c["index"], c["name"]) for c in prev.get("classes", [])] == [(c["index"], c["name"]) for c in classes]
+        same_format = prev.get("format") == fmt
+        upload_tasks = {int(t["id"]): t for t in (upload or {}).get("tasks", [])}
+        prev_tasks = {int(k): v for k, v in (prev.get("tasks") or {}).items()}
+        taken: dict[str, int] = {}
+        for tid, entry in prev_tasks.items():
+            if tid in task_ids:
+                for f in entry.get("frames", []):
+                    taken.setdefault(f["record_id"], tid)
+        write_classes(cvat_dir(run) / "annotations" / "masks", classes)
+
+        tasks: dict[str, dict] = {}
+        decoded = unchanged = 0
+        for tid in tqdm(task_ids, desc="download-cvat tasks", unit="task", disable=None):
+            sig = signature(states[tid])
+            old = prev_tasks.get(tid)
+            if not refresh and old and old.get("signature") == sig and same_classes and same_format and _outputs_exist(run, old):
+                tasks[str(tid)] = old
+                unchanged += 1
+                log.info("task %s unchanged on the server since the last download; skipped", tid)
+                continue
+            entry = download_task(session, run, tid, states[tid], classes, upload_tasks.get(tid), fmt, taken, pre_classes)
+            entry["signature"] = sig
+            entry["updated_date"] = states[tid]["task"].get("updated_date")
+            entry["url"] = session.task_url(tid)
+            if old:
+                # frames deleted in CVAT since the last download: their old masks must not linger
+                keep = {f["record_id"] for f in entry["frames"]}
+                for f in old.get("frames", []):
+                    if f["record_id"] not in keep:
+                        for p in (cvat_dir(run) / "annotations" / "masks" / f"{f['record_id']}.png",
+                                  cvat_dir(run) / "annotations" / "images" / f"{f['record_id']}.jpg"):
+                            p.unlink(missing_ok=True)
+            tasks[str(tid)] = entry
+            decoded += 1
+        http = session.http_seconds
+    finally:
+        if own:
+            session.close()
+
+    all_frames = [f for e in tasks.values() for f in e["frames"]]
+    receipt = {
+        "version": RECEIPT_VERSION,
+        "server": session.host,
+        "server_version": session.server_version,
+        "source": source,
+        "format": fmt,
+        "required_status": dcfg.get("required_status", "completed"),
+        "classes": classes,
+        "frames_decoded": len(all_frames),
+        "tasks": tasks,
+    }
+    write_json(receipt_path, receipt)
+    seconds = time.perf_counter() - t0
+    changes_all = [
+        {"record_id": rid, "changed_fraction": fr, "changed_pixels": 0, "pixels": 0, "labels": {}}
+        for e in tasks.values()
+        for rid, fr in e["stats"]["changed_fraction_per_frame"].items()
+    ]
+    per_label: dict[str, dict] = {}
+    for e in tasks.values():
+        for name, s in (e["stats"]["changes"].get("labels") or {}).items():
+            acc = per_label.setdefault(name, {"changed_pixels": 0, "union": 0})
+            acc["changed_pixels"] += s["changed_pixels"]
+            acc["union"] += s["union"]
+    metrics = {
+        "server": session.host,
+        "server_version": session.server_version,
+        "format": fmt,
+        "tasks": len(tasks),
+        "tasks_decoded": decoded,
+        "tasks_unchanged": unchanged,
+        "frames": len(all_frames),
+        "frames_deleted": sum(e["stats"]["frames_deleted"] for e in tasks.values()),
+        "frames_failed": sum(e["stats"]["frames_failed"] for e in tasks.values()),
+        "changed_fraction_mean": float(np.mean([c["changed_fraction"] for c in changes_all])) if changes_all else None,
+        "changed_fraction_per_label": {
+            n: (a["changed_pixels"] / a["union"] if a["union"] else 0.0) for n, a in sorted(per_label.items())
+        },
+        "per_task": {tid: {"name": e["name"], **e["stats"]} for tid, e in tasks.items()},
+        "seconds": round(seconds, 3),
+        "http_seconds": round(http, 3),
+    }
+    update_metrics(run, "download", metrics)
+    return metrics

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from agir.config import load_config
 from agir.images import write_image
 from agir.masks import make_classes, write_classes, write_mask
@@ -95,8 +95,10 @@ def add_cvat_round(cfg: dict, round_name: str, items: dict[str, tuple[np.ndarray
 
 
 @pytest.fixture
-def cfg_factory(tmp_path):
-    def factory(**overrides):
-        return make_cfg(tmp_path, **overrides)
-
-    return factory
+def kit(tmp_path):
+    """The helpers above, with `kit.cfg(**overrides)` bound to this test's tmp_path."""
+    return SimpleNamespace(
+        cfg=lambda **overrides: make_cfg(tmp_path, **overrides),
+        run_of=run_of, synth=synth, add_db_image=add_db_image, write_query=write_query,
+        add_cvat_round=add_cvat_round, tmp=tmp_path,
+    )

@@ -100,19 +100,14 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
-def _guard(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+def _run_guarded(fn: Callable[[dict], dict], job: dict) -> dict:
     """Turn a per-source failure into a reason, so one bad file never stops the stage."""
-
-    def wrapped(job: dict) -> dict:
-        try:
-            return {"key": job["key"], **fn(job)}
-        except AgirError as exc:
-            return {"key": job["key"], "error": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - unexpected decoder errors etc. are per-file problems too
-            return {"key": job["key"], "error": f"{type(exc).__name__}: {exc}"}
-
-    wrapped.__name__ = fn.__name__
-    return wrapped
+    try:
+        return {"key": job["key"], **fn(job)}
+    except AgirError as exc:
+        return {"key": job["key"], "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - unexpected decoder errors etc. are per-file problems too
+        return {"key": job["key"], "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _labels(sample: LabelledSample, dst: Mapping[str, int]) -> tuple:
@@ -145,7 +140,8 @@ def _analyse_impl(job: dict) -> dict:
     }
 
 
-analyse_source = _guard(_analyse_impl)
+def analyse_source(job: dict) -> dict:  # module level: pool workers receive it by name
+    return _run_guarded(_analyse_impl, job)
 
 
 # ---------------------------------------------------------------- pass 2: cut and write
@@ -209,7 +205,8 @@ def _cut_impl(job: dict) -> dict:
     return {"rows": rows, "moments": merge_moments(moments), "dropped": dict(dropped), "tiles": len(rows) + sum(dropped.values())}
 
 
-cut_source = _guard(_cut_impl)
+def cut_source(job: dict) -> dict:
+    return _run_guarded(_cut_impl, job)
 
 
 # ---------------------------------------------------------------- the stage

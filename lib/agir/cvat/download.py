@@ -324,7 +324,7 @@ def run_download_stage(
         pre_classes = read_classes(run / "infer" / "masks")
 
     own = session is None
-    session = session or session_from_config(cfg, poll_seconds=0.5)
+    session = session or session_from_config(cfg)
     try:
         task_ids, source = resolve_tasks(session, cfg, upload)
         states = gate(session, task_ids, dcfg)

@@ -452,6 +452,7 @@ def run_preprocess_stage(cfg: Mapping, run: str | os.PathLike, workers: int | No
     for split in SPLITS:
         write_classes(out / split / "masks", classes)
     stats = dataset_stats(merge_moments(train_moments), train_counts, classes)
+    stats["geometry"] = geom.describe()  # what inference should tile with (read by train)
     write_json(out / "stats.json", stats)
 
     by_split = {}
@@ -468,6 +469,7 @@ def run_preprocess_stage(cfg: Mapping, run: str | os.PathLike, workers: int | No
         "label_source": settings["label_source"],
         "rounds": rounds,
         "classes": [c["name"] for c in classes],
+        "geometry": geom.describe(),
         "settings": settings,
         "counts": {
             "sources": len(samples) + gather_rejects,

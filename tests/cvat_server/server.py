@@ -20,6 +20,7 @@ import json
 import random
 import re
 import secrets
+import socket
 import threading
 import time
 import zipfile
@@ -128,7 +129,7 @@ class CvatTestServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -523,6 +524,12 @@ PUBLIC = {"about", "login"}
 class _Handler(BaseHTTPRequestHandler):
     cvat: CvatTestServer
     protocol_version = "HTTP/1.1"
+    wbufsize = 1 << 16  # headers and body leave in one write (flushed per request by the base class)
+
+    def setup(self) -> None:
+        super().setup()
+        # no Nagle/delayed-ACK stalls on keep-alive connections
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args) -> None:  # quiet: tests read server.log instead
         pass

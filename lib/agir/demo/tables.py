@@ -18,7 +18,8 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-from agir.demo.species import SPECIES
+
+from agir.demo.species import SPECIES, Species
 
 SEMIF_COLUMNS: tuple[tuple[str, str], ...] = (
     ("season", "VARCHAR"), ("datetime", "VARCHAR"), ("bbot_version", "VARCHAR"), ("batch_id", "VARCHAR"),
@@ -142,8 +143,8 @@ def _txt(values: Any) -> pa.Array:
     return pa.array(list(values), type=pa.string())
 
 
-def semif_table(core: dict[str, np.ndarray], rng: np.random.Generator, mask_present: np.ndarray | None = None
-                ) -> pa.Table:
+def semif_table(core: dict[str, np.ndarray], rng: np.random.Generator,
+                species: Sequence[Species] = SPECIES) -> pa.Table:
     """Build the 62-column semif table from per-cutout core arrays.
 
     core keys (one entry per cutout): image index fields (state, datetime, season, batch_id, image_id,
@@ -152,7 +153,7 @@ def semif_table(core: dict[str, np.ndarray], rng: np.random.Generator, mask_pres
     """
     n = len(core["image_id"])
     sp = core["species"].astype(int)
-    cat = [SPECIES[i] for i in range(len(SPECIES))]
+    cat = list(species)
     x, y, w, h = (core[c].astype(np.int64) for c in ("x", "y", "w", "h"))
     width, height = core["width"].astype(np.int64), core["height"].astype(np.int64)
     k_area = np.array([cm2_per_px2(int(v)) for v in width]) if len(set(width.tolist())) > 1 else \

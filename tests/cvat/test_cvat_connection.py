@@ -117,3 +117,11 @@ def test_secrets_absent_from_every_output_and_log(cvat_env, cfg_factory, caplog,
     for text in texts:
         for s in secrets:
             assert s not in text
+
+
+def test_task_creation_without_request_ids_is_watched_on_the_task(cvat_env, cfg_factory):
+    cfg, run = cfg_factory()
+    make_infer_outputs(run, n=3)
+    cvat_env.no_request_ids = True
+    assert run_upload_stage(cfg, run)["frames"] == 3
+    assert cvat_env.count("GET", r"/api/requests/") == 0

@@ -102,6 +102,7 @@ class CvatTestServer:
         self.slow_rate = 0.0
         self.slow_seconds = 0.0
         self.shuffle_frames = False
+        self.no_request_ids = False  # answer the data upload without an rq_id (older servers) and create at once
         self.fail_after_task_create = False  # simulate a client crash: raise in the client hook instead
         self.rng = random.Random(seed)
         self.lock = threading.RLock()
@@ -797,6 +798,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "result_id": tid,
                 **{k: body.get(k) for k in ("sorting_method", "upload_file_order", "image_quality")},
             }
+            if srv.no_request_ids:
+                srv.finish_creation(srv.requests.pop(rq_id))
+                self._send(202, {})
+                return
             self._send(202, to_json(models.RqId._from_openapi_data(rq_id=rq_id)))
         else:
             raise HttpError(400, "only the TUS-style Upload-Start/Multiple/Finish protocol is implemented here")

@@ -31,6 +31,14 @@ OLDEST_SUPPORTED = Version("2.23")
 _SDK_LOGGERS = ("cvat_sdk", "urllib3", "agir")
 
 
+class CvatHttpError(AgirError):
+    """An HTTP error answer from CVAT (after retries); `status` lets callers adapt to older servers."""
+
+    def __init__(self, message: str, status: int | None):
+        super().__init__(message)
+        self.status = status
+
+
 def make_retry(retries: int, backoff: float) -> urllib3.Retry:
     """Exponential backoff on 5xx/429, connection errors and read timeouts, for every HTTP method.
 
@@ -157,7 +165,9 @@ class CvatSession:
                 hint = "the server kept failing after retries; check its health and retry later"
             else:
                 hint = "check the request settings"
-            return AgirError(f"CVAT {self.host}: could not {what}: HTTP {status} {exc.reason or ''} {body}; {hint}".strip())
+            return CvatHttpError(
+                f"CVAT {self.host}: could not {what}: HTTP {status} {exc.reason or ''} {body}; {hint}".strip(), status
+            )
         if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
             return AgirError(
                 f"CVAT {self.host}: could not {what}: {type(exc).__name__}; check the host URL, network/VPN "

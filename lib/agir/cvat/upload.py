@@ -25,7 +25,7 @@ from cvat_sdk.api_client import models
 from cvat_sdk.core.uploading import DataUploader
 from tqdm import tqdm
 
-from agir.cvat.client import CvatSession, session_from_config
+from agir.cvat.client import CvatHttpError, CvatSession, session_from_config
 from agir.cvat.shapes import mask_shapes
 from agir.errors import AgirError
 from agir.logs import get_logger
@@ -221,15 +221,19 @@ def create_task(session: CvatSession, cfg: Mapping[str, Any], project_id: int, n
     except Exception as exc:  # noqa: BLE001
         raise session._error(f"upload images of task {tid}", exc) from None
     rq_id = (json.loads(resp.data or b"{}") or {}).get("rq_id")
-    if rq_id:
+    try:
+        if not rq_id:
+            raise CvatHttpError("no request id", 404)
         session.wait_request(rq_id, f"creation of task {tid}")
-    else:
+    except CvatHttpError as exc:
+        if exc.status != 404:
+            raise
+        # servers without /api/requests for task creation: watch the task until its frames appear
         _wait_task_size(session, tid, len(frames))
     return tid
 
 
 def _wait_task_size(session: CvatSession, task_id: int, size: int, timeout: float = 3600) -> None:
-    # servers that answer the data upload without a request id: watch the task until its frames appear
     deadline = time.monotonic() + timeout
     while True:
         task = session.call(f"read task {task_id}", session.api.tasks_api.retrieve, task_id)

@@ -77,8 +77,12 @@ class CvatSession:
         self.timeout = float(timeout)
         self.poll_seconds = poll_seconds
         self._filter = SecretFilter(creds.secrets())
-        for name in _SDK_LOGGERS:
-            logging.getLogger(name).addFilter(self._filter)
+        # logger filters do not see records propagated from child loggers, handler filters do
+        self._filtered = [logging.getLogger(n) for n in _SDK_LOGGERS]
+        for name in ("", "agir"):
+            self._filtered.extend(logging.getLogger(name).handlers)
+        for target in self._filtered:
+            target.addFilter(self._filter)
         self.client = Client(
             self.host,
             logger=get_logger("cvat.sdk"),
@@ -130,8 +134,8 @@ class CvatSession:
         try:
             self.client.close()
         finally:
-            for name in _SDK_LOGGERS:
-                logging.getLogger(name).removeFilter(self._filter)
+            for target in self._filtered:
+                target.removeFilter(self._filter)
 
     def __enter__(self) -> CvatSession:
         return self

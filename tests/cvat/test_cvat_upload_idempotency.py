@@ -142,3 +142,14 @@ def test_polygon_and_instance_prelabels(cvat_env, cfg_factory, mode):
                 n, _ = cv2.connectedComponents((mk == c).astype(np.uint8), connectivity=8)
                 expected += n - 1
         assert len(shapes) == expected
+
+
+def test_task_deleted_on_the_server_is_created_again(cvat_env, cfg_factory):
+    cfg, run = cfg_factory()
+    make_infer_outputs(run, n=7)
+    run_upload_stage(cfg, run)
+    gone = read_json(run / "cvat" / "upload.json")["tasks"][0]["id"]
+    cvat_env.annotator.client.tasks.remove_by_ids([gone])
+    again = run_upload_stage(cfg, run)
+    assert again["tasks_unchanged"] == 1 and again["tasks_created"] == 1
+    assert _task_names(cvat_env) == ["demo/round_001/part-001", "demo/round_001/part-002"]

@@ -336,6 +336,16 @@ def task_jobs(session: CvatSession, task_id: int) -> list[dict]:
 # ---------------------------------------------------------------- the stage
 
 
+def _still_there(session: CvatSession, task_id: int) -> bool:
+    try:
+        session.call(f"read task {task_id}", session.api.tasks_api.retrieve, task_id)
+    except CvatHttpError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
 def _load_receipt(path: Path) -> dict | None:
     if not path.exists():
         return None
@@ -403,10 +413,12 @@ def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session:
             expected = [f["name"] for f in plan["frames"]]
             prev = done.get(plan["n"])
             if prev and prev.get("fingerprint") == plan["fingerprint"] and prev.get("name") == name:
-                receipt["tasks"].append(prev)
-                counts["unchanged"] += 1
-                log.info("task %s %r unchanged: %s", prev["id"], name, prev.get("url"))
-                continue
+                if _still_there(session, int(prev["id"])):
+                    receipt["tasks"].append(prev)
+                    counts["unchanged"] += 1
+                    log.info("task %s %r unchanged: %s", prev["id"], name, prev.get("url"))
+                    continue
+                log.warning("task %s %r from the receipt is gone from the server; creating it again", prev["id"], name)
             tid = None
             for t in find_tasks(session, pid, name):
                 # left over by a run that crashed before writing its receipt

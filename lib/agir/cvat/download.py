@@ -166,16 +166,25 @@ def _frame_ids(task_id: int, frames: list[dict], upload_task: dict | None, taken
 
 
 def _export_masks(session: CvatSession, task_id: int, fmt: str, workdir: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Ask the server for an export, wait for it, download the zip and decode it.
+
+    Request bodies are read as plain JSON (not the SDK's Request model) so that the request
+    objects of older servers, which lack some of the newest fields, are accepted.
+    """
     archive = workdir / f"task_{task_id}.zip"
-    endpoint = session.api.tasks_api.create_dataset_export_endpoint
+    what = f"export task {task_id} as {fmt!r}"
+    started = session.call(what, session.api.tasks_api.create_dataset_export, id=task_id, format=fmt, save_images=False)
+    rq_id = (started or {}).get("rq_id")
+    if not rq_id:
+        raise AgirError(f"CVAT {session.host}: the server did not start the export of task {task_id}; export it by hand or use format: api")
+    request = session.wait_request(rq_id, what)
+    url = request.get("result_url")
+    if not url:
+        raise AgirError(f"CVAT {session.host}: the export of task {task_id} has no download URL; check the task's target storage is local")
     try:
-        session._timed(
-            lambda: Downloader(session.client).prepare_and_download_file_from_endpoint(
-                endpoint, archive, url_params={"id": task_id}, query_params={"format": fmt, "save_images": False}
-            )
-        )
+        session._timed(lambda: Downloader(session.client).download_file(url, output_path=archive, timeout=session.timeout))
     except Exception as exc:  # noqa: BLE001
-        raise session._error(f"export task {task_id} as {fmt!r}", exc) from None
+        raise session._error(f"download the {fmt!r} export of task {task_id}", exc) from None
     return decode_archive(archive, fmt, workdir / f"task_{task_id}")
 
 

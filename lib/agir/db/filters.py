@@ -25,7 +25,6 @@ Forms (each `--filters` value is one expression or a JSON object; all of them AN
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import re
@@ -72,23 +71,28 @@ class _Value:
 
 
 def _split_values(text: str) -> list[_Value]:
-    """`a, "b,c", 'd'` -> [a, b,c, d]; quotes make a value text and protect commas."""
-    text = text.strip()
-    if not text:
-        return [_Value("", False)]
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return [_Value(text[1:-1], True)]
-    out = []
-    for part in next(csv.reader([text], skipinitialspace=True, quotechar='"')):
-        part_s = part.strip()
-        quoted = False
-        if len(part_s) >= 2 and part_s[0] == part_s[-1] == "'":
-            part_s, quoted = part_s[1:-1], True
-        out.append(_Value(part_s, quoted))
-    # csv drops the quote characters; detect which parts were double-quoted in the original
-    for v in out:
-        if not v.quoted and f'"{v.raw}"' in text:
-            v.quoted = True
+    """`a, "b,c", 'd'` -> [a, b,c, d]; quotes ('…' or "…") make a value text and protect commas."""
+    out: list[_Value] = []
+    buf: list[str] = []
+    quote = ""
+    quoted = False
+    for ch in text.strip():
+        if quote:
+            if ch == quote:
+                quote = ""
+            else:
+                buf.append(ch)
+        elif ch in "'\"" and not "".join(buf).strip():
+            quote, quoted, buf = ch, True, []
+        elif ch == ",":
+            out.append(_Value("".join(buf) if quoted else "".join(buf).strip(), quoted))
+            buf, quoted = [], False
+        else:
+            if not (quoted and ch.isspace()):
+                buf.append(ch)
+    if quote:
+        raise AgirError(f"value {text!r}: unbalanced {quote} quote; close it or drop it")
+    out.append(_Value("".join(buf) if quoted else "".join(buf).strip(), quoted))
     return out
 
 

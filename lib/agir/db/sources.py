@@ -117,11 +117,11 @@ def fingerprint_files(files: list[Path], rows: int) -> dict[str, Any]:
     return out
 
 
-def detect_kind(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".parquet") or name.endswith(".pq"):
+def detect_kind(path: Path, name: str = "semif") -> str:
+    fname = path.name.lower()
+    if fname.endswith(".parquet") or fname.endswith(".pq"):
         return "parquet"
-    if name.endswith(CSV_SUFFIXES):
+    if fname.endswith(CSV_SUFFIXES):
         return "csv"
     with open(path, "rb") as fh:
         head = fh.read(16)
@@ -132,7 +132,7 @@ def detect_kind(path: Path) -> str:
     if head[8:12] == b"DUCK":
         return "duckdb"
     raise AgirError(
-        f"{path}: not a DuckDB, SQLite, Parquet or CSV file; point db.<name>.path at one of those"
+        f"db.{name}.path: {path} is not a DuckDB, SQLite, Parquet or CSV file; point it at one of those"
     )
 
 
@@ -160,7 +160,7 @@ def open_source(db_cfg: Mapping[str, Any], name: str = "semif") -> Source:
     if not path_text or not table:
         raise AgirError(f"db.{name}: needs both path and table; see config/config.yaml")
     files = _expand(path_text, name)
-    kinds = {detect_kind(f) for f in files}
+    kinds = {detect_kind(f, name) for f in files}
     if len(kinds) != 1:
         raise AgirError(f"db.{name}.path: {path_text!r} mixes file kinds {sorted(kinds)}; use one kind per source")
     kind = kinds.pop()
@@ -227,8 +227,12 @@ def _to_arrow(values: list, typ: pa.DataType) -> pa.Array:
 
 
 def _open_sqlite(path: Path, table: str) -> duckdb.DuckDBPyConnection:
-    # mode=ro: SQLite itself refuses writes; the journal mode is never touched.
+    # mode=ro: SQLite itself refuses writes; the journal mode is never touched. Without a live -wal
+    # sidecar (no writer active, every commit is in the main file), open it immutable too, because a
+    # read-only reader of a WAL database otherwise leaves new -wal/-shm files beside the source.
     uri = "file:" + str(path.resolve()).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    if not Path(str(path) + "-wal").exists():
+        uri += "&immutable=1"
     src = sqlite3.connect(uri, uri=True)
     try:
         tables = [r[0] for r in src.execute(

@@ -61,10 +61,20 @@ def why_unavailable() -> str | None:
     return None
 
 
+def _binary(name: str) -> str:
+    """Full path of a SLURM/munge program; daemons live in /usr/sbin, which a PATH may lack."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if not found:
+        raise SlurmHarnessError(
+            f"{name} not found: install slurm-wlm and munge (apt-get install slurm-wlm munge)"
+        )
+    return found
+
+
 def ensure_installed(timeout: float = 600) -> None:
     """Install slurm-wlm and munge with apt when ``slurmctld`` is missing; no-op otherwise."""
-    needed = ("slurmctld", "slurmd", "munged", "sbatch", "sinfo", "squeue")
-    if all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in needed):
+    needed = ("slurmctld", "slurmd", "munged", "mungekey", "sbatch", "sinfo", "squeue", "srun")
+    if all(shutil.which(b) or shutil.which(b, path="/usr/sbin:/usr/bin") for b in needed):
         return
     if shutil.which("apt-get") is None:
         raise SlurmHarnessError(
@@ -264,7 +274,7 @@ PartitionName={self.partition} Nodes={self.nodename} Default=YES MaxTime=INFINIT
         self.conf.write_text(conf)
         (d / "gres.conf").write_text("\n".join(gres_lines) + "\n")
         # srun wrapper: the jobstep plugin drops SLURM_CONF before its inner srun (notes, trap 2).
-        real_srun = shutil.which("srun", path="/usr/local/bin:/usr/bin:/bin") or "/usr/bin/srun"
+        real_srun = shutil.which("srun", path="/usr/local/bin:/usr/bin:/bin") or _binary("srun")
         wrapper = self.bin_dir / "srun"
         wrapper.write_text(
             "#!/bin/sh\n"
@@ -276,19 +286,16 @@ PartitionName={self.partition} Nodes={self.nodename} Default=YES MaxTime=INFINIT
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = open(self.state_dir / "log" / f"{name}.out", "ab")  # noqa: SIM115 - handed to the child
-        try:
+        with open(self.state_dir / "log" / f"{name}.out", "ab") as log:
             # New session: the daemons outlive `slurm_local.sh start` and ignore the terminal's ^C.
             proc = subprocess.Popen(
-                cmd,
+                [_binary(cmd[0]), *cmd[1:]],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,
             )
-        finally:
-            log.close()
         self.pids[name] = proc.pid
         self.save_state()
 
@@ -327,7 +334,7 @@ PartitionName={self.partition} Nodes={self.nodename} Default=YES MaxTime=INFINIT
         try:
             if not _munge_answers():
                 if not MUNGE_KEY.exists():
-                    res = _run(["mungekey", "--create"])
+                    res = _run([_binary("mungekey"), "--create"])
                     if res.returncode != 0:
                         raise SlurmHarnessError(f"mungekey --create failed: {res.stderr.strip()}")
                 MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import yaml
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 if str(TESTS_DIR) not in sys.path:  # the harness lives in tests/, which is not a package
-    sys.path.insert(0, str(TESTS_DIR))
+    sys.path.append(str(TESTS_DIR))  # appended: tests/<name> folders must not shadow real packages
 
 from slurm_harness import fixtures  # noqa: E402
 from slurm_harness.cluster import (  # noqa: E402

@@ -118,7 +118,11 @@ def sample_sql(inner: str, inner_params: list[Any], spec: SampleSpec | None, id_
                f"ORDER BY {rank_expr(id_column)}, {idq} LIMIT {int(spec.n or 0)}")
         return sql, [*inner_params, str(spec.seed)]
     parts = ", ".join(quote_ident(c) for c in spec.by)
-    sql = (f"SELECT * EXCLUDE ({RANK_COLUMN}) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {parts} "
-           f"ORDER BY {rank_expr(id_column)}, {idq}) AS {RANK_COLUMN} FROM ({inner}) AS filtered) AS ranked "
-           f"WHERE {RANK_COLUMN} <= {int(spec.per_group or 0)}")
-    return sql, [str(spec.seed), *inner_params]
+    # Rank only (id, strata) and fetch the chosen rows' full width afterwards: windowing all columns
+    # of every matching row is ~10x slower. A single ORDER BY key lets DuckDB turn the window into a
+    # per-group top-K; md5 of distinct ids never ties, so no tie-breaker is needed.
+    picked = (f"SELECT {idq} FROM (SELECT {idq}, ROW_NUMBER() OVER (PARTITION BY {parts} "
+              f"ORDER BY {rank_expr(id_column)}) AS {RANK_COLUMN} FROM ({inner}) AS f) AS ranked "
+              f"WHERE {RANK_COLUMN} <= {int(spec.per_group or 0)}")
+    sql = f"SELECT * FROM ({inner}) AS filtered WHERE {idq} IN ({picked})"
+    return sql, [*inner_params, str(spec.seed), *inner_params]

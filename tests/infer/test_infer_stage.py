@@ -280,3 +280,12 @@ def test_sharded_run_merges_into_one_manifest(semif_run, rec_factory):
     assert all((run / ln["mask"]).is_file() for ln in lines if ln["status"] == "ok")
     # a later unsharded run reuses the shards' work
     assert run_infer_stage(cfg, run)["resumed"] == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_model_path_on_cuda(semif_run, tmp_path):
+    make_cfg, run = semif_run["make_cfg"], semif_run["run"]
+    ckpt = _tiny_checkpoint(tmp_path / "best.pth")
+    cfg, _ = make_cfg(**{"seg_inference.model.ckpt_path": str(ckpt), "seg_inference.device": "cuda"})
+    metrics = run_infer_stage(cfg, run)
+    assert metrics["ok"] == 2 and metrics["device"].startswith("cuda")

@@ -135,3 +135,20 @@ def test_bad_settings_are_clear_errors():
         with pytest.raises(AgirError, match="no CUDA device"):
             resolve_device("cuda:0")
     assert resolve_device("cpu").type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_mixed_precision_agrees_with_cpu():
+    import copy
+
+    import cv2
+
+    torch.manual_seed(0)
+    model = build_model("Unet", "resnet18", 3, 3).eval()
+    small = np.random.default_rng(1).integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    img = cv2.resize(small, (384, 256), interpolation=cv2.INTER_CUBIC)
+    m_cpu, _ = _pred(copy.deepcopy(model), tile_size=128, device="cpu").predict(img)
+    gpu = _pred(copy.deepcopy(model), tile_size=128, device="cuda", channels_last=True)
+    assert gpu.amp
+    m_gpu, info = gpu.predict(img)
+    assert info["tiles"] > 4 and (m_cpu == m_gpu).mean() >= 0.99

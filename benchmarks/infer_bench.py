@@ -1,0 +1,141 @@
+"""Tiled inference speed: agir's TiledPredictor against three peers measured in the same run.
+
+Same randomly initialised smp Unet (resnet34, 2 outputs: background + plant), same image (a
+2200 x 1465 SemiField photo from ../shared/data/semif_examples), tile 512, overlap 0.25, batch 4:
+
+- tiled_vs_pure_forward: agir wall time / the network's forward time alone on exactly the tile
+  batches agir ran (pre-normalised tensors, nothing else timed). Target <= 1.15.
+- agir_vs_monai: agir / MONAI `sliding_window_inference` (gaussian blending, same roi, overlap and
+  batch size; timing includes turning the image into a normalised tensor and the argmax, as
+  agir's does). Target <= 1.0.
+- agir_vs_batch1_loop: agir / a loop feeding one tile per forward pass and averaging overlaps, as
+  the original tool did. Target <= 0.95 on a CPU, <= 0.5 on a GPU (`--device cuda`).
+
+Each method runs `--repeats` times, interleaved, after one warm-up; the ratios use the fastest
+run of each (other processes on a shared machine only ever add time). The model object is shared,
+so every method sees the same weights and memory format. On CUDA every method runs under the
+same float16 autocast and timings are synchronised.
+
+    .venv/bin/python benchmarks/infer_bench.py [--device cpu|cuda] [--repeats 2] [--image PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from agir.checkpoint import build_model
+from agir.images import read_image
+from agir.infer.predictor import TiledPredictor, resolve_device
+from agir.tiling import tile_grid
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGE = REPO / ".." / "shared" / "data" / "semif_examples" / "horseweed.jpg"
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def normalise(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    x = torch.from_numpy(rgb).to(device).permute(2, 0, 1).float().unsqueeze(0) / 255.0
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--image", default=str(DEFAULT_IMAGE))
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--encoder", default="resnet34")
+    args = ap.parse_args(argv)
+
+    from monai.inferers import sliding_window_inference  # benchmark-only dependency
+
+    device = resolve_device(args.device)
+    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    rgb = read_image(args.image)
+    h, w = rgb.shape[:2]
+    torch.manual_seed(0)
+    model = build_model("Unet", args.encoder, 3, 2).to(device).eval()
+    predictor = TiledPredictor(model, head="softmax", mean=MEAN, std=STD, tile_size=args.tile,
+                               overlap=args.overlap, batch_size=args.batch_size, blend="gaussian", device=device)
+    tiles = tile_grid(h, w, args.tile, args.overlap)
+    bs = args.batch_size
+
+    def run_agir() -> np.ndarray:
+        mask, _ = predictor.predict(rgb)
+        return mask
+
+    # the exact batches agir runs, prepared outside the timed region
+    full = normalise(rgb, device)
+    batches = [torch.cat([full[:, :, t.y0:t.y1, t.x0:t.x1] for t in tiles[i:i + bs]]).contiguous(
+        memory_format=torch.channels_last) for i in range(0, len(tiles), bs)]
+
+    def run_forward() -> None:
+        with torch.inference_mode(), amp:
+            for b in batches:
+                model(b)
+
+    def run_monai() -> np.ndarray:
+        with torch.inference_mode(), amp:
+            x = normalise(rgb, device)
+            out = sliding_window_inference(x, (args.tile, args.tile), bs, model, overlap=args.overlap,
+                                           mode="gaussian", sigma_scale=0.125)
+            return out.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+    def run_batch1() -> np.ndarray:
+        acc = np.zeros((2, h, w), dtype=np.float32)
+        count = np.zeros((h, w), dtype=np.float32)
+        with torch.inference_mode(), amp:
+            for t in tiles:
+                x = normalise(np.ascontiguousarray(rgb[t.y0:t.y1, t.x0:t.x1]), device)
+                p = torch.softmax(model(x).float(), dim=1)[0].cpu().numpy()
+                acc[:, t.y0:t.y1, t.x0:t.x1] += p
+                count[t.y0:t.y1, t.x0:t.x1] += 1
+        return (acc / count).argmax(0).astype(np.uint8)
+
+    methods = {"agir": run_agir, "pure_forward": run_forward, "monai": run_monai, "batch1_loop": run_batch1}
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    results = {}
+    print(f"image {Path(args.image).name} {w}x{h}, Unet/{args.encoder}, tile {args.tile}, overlap {args.overlap}, "
+          f"batch {bs}, {len(tiles)} tiles, device {device}, torch threads {torch.get_num_threads()}")
+    run_forward()  # warm-up (allocator, kernels)
+    for rep in range(args.repeats):
+        for name, fn in methods.items():
+            sync(device)
+            t0 = time.perf_counter()
+            out = fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+            if out is not None:
+                results[name] = out
+        print(f"  repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
+    best = {k: min(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"{k:13s} best {best[k]:.3f} s  median {statistics.median(v):.3f} s")
+    agree = {k: float((results["agir"] == results[k]).mean()) for k in ("monai", "batch1_loop")}
+    print(f"mask agreement with agir: monai {agree['monai']:.4f}, batch1_loop {agree['batch1_loop']:.4f}")
+    print(f"tiled_vs_pure_forward = {best['agir'] / best['pure_forward']:.3f}   (target <= 1.15)")
+    print(f"agir_vs_monai = {best['agir'] / best['monai']:.3f}   (target <= 1.0)")
+    target = "0.5" if device.type == "cuda" else "0.95"
+    print(f"agir_vs_batch1_loop = {best['agir'] / best['batch1_loop']:.3f}   (target <= {target})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -311,7 +311,7 @@ def upload_annotations(
         body = _shape_models(shapes)
         timing["encode_seconds"] += time.perf_counter() - t0
         stats["shapes"] += len(shapes)
-        stats["bytes"] += sum(16 * len(s["points"]) // 3 + 80 for s in shapes)  # approximate JSON size
+        stats["bytes"] += sum(len(json.dumps(s["points"])) + 120 for s in shapes)  # JSON body (+ per-shape fields)
         if first:
             data = models.LabeledDataRequest(version=0, shapes=body, tags=[], tracks=[], _check_type=False)
             session.call(f"set annotations of task {task_id}", api.tasks_api.update_annotations, task_id, labeled_data_request=data)

@@ -54,6 +54,12 @@ def truth_name_map(records: Sequence[Mapping], cfg: Mapping) -> dict[int, str]:
     return out
 
 
+def _in_run(run: Path, path: str | Path) -> Path:
+    """Manifest paths are relative to the run folder."""
+    p = Path(path)
+    return p if p.is_absolute() else run / p
+
+
 def _crop_box(line: Mapping) -> tuple[int, int, int, int] | None:
     for key in ("crop", "crop_box", "crop_xywh"):
         box = line.get(key)
@@ -88,9 +94,7 @@ def evaluate_run(cfg: Mapping, run: Path, gallery_size: int = 6) -> tuple[dict, 
         truth_file = next((mask_path(r, cfg) for r in recs if mask_path(r, cfg)), None)
         if truth_file is None or not Path(truth_file).exists():
             continue
-        pred_path = Path(line.get("mask") or run / "infer" / "masks" / f"{line['id']}.png")
-        if not pred_path.is_absolute() and not pred_path.exists():
-            pred_path = run / "infer" / pred_path
+        pred_path = _in_run(run, line.get("mask") or f"infer/masks/{line['id']}.png")
         pred = read_mask(pred_path)
         raw = read_mask(truth_file)
         box = _crop_box(line)
@@ -146,9 +150,7 @@ def gallery_figure(items: Sequence[tuple], run: Path, title: str):
     for ax in axes.ravel():
         ax.axis("off")
     for row, (rid, image, pred, truth, classes) in enumerate(items):
-        img_path = Path(image) if image else run / "infer" / "images" / f"{rid}.jpg"
-        if not img_path.exists():
-            img_path = run / "infer" / "images" / f"{rid}.jpg"
+        img_path = _in_run(run, image or f"infer/images/{rid}.jpg")
         img = read_image(img_path)
         if img.shape[:2] != pred.shape:
             img = cv2.resize(img, (pred.shape[1], pred.shape[0]))

@@ -51,9 +51,17 @@ def test_tile_setting_with_cvat_says_new_tasks(built_copy):
 
 
 def test_editing_database_reruns_query(built_copy):
+    import duckdb
+
     db = built_copy / "demo" / "agir_demo.duckdb"
+    # touching alone is not an edit: Snakemake compares small files by checksum
     later = time.time() + 5
     os.utime(db, (later, later))
+    assert planned_rules(built_copy) == {}
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE semif SET season = 'edited by a curator' WHERE cutout_id = (SELECT min(cutout_id) FROM semif)")
+    con.execute("CHECKPOINT")
+    con.close()
     assert "query" in planned_rules(built_copy)
 
 

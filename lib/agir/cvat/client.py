@@ -96,8 +96,12 @@ class CvatSession:
         pool.clear()
         self.http_seconds = 0.0
         self.requests = 0
-        self.server_version = self._server_version()
-        self._login()
+        try:
+            self.server_version = self._server_version()
+            self._login()
+        except BaseException:
+            self.close()
+            raise
         if creds.organization:
             self.client.organization_slug = creds.organization
 

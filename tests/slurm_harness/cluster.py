@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -173,17 +173,7 @@ class SlurmCluster:
 
     # ---- state file (lets scripts/slurm_local.sh stop what another process started) ---------------
     def save_state(self) -> None:
-        data = {
-            "partition": self.partition,
-            "cpus": self.cpus,
-            "mem_mb": self.mem_mb,
-            "gpus": self.gpus,
-            "min_job_age_s": self.min_job_age_s,
-            "pids": self.pids,
-            "nodename": self.nodename,
-            "ctld_port": self.ctld_port,
-            "slurmd_port": self.slurmd_port,
-        }
+        data = {k: v for k, v in asdict(self).items() if k not in ("state_dir", "start_seconds")}
         tmp = self.state_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.state_dir / STATE_FILE)

@@ -125,3 +125,16 @@ def test_task_creation_without_request_ids_is_watched_on_the_task(cvat_env, cfg_
     cvat_env.no_request_ids = True
     assert run_upload_stage(cfg, run)["frames"] == 3
     assert cvat_env.count("GET", r"/api/requests/") == 0
+
+
+def test_broken_keys_file_is_one_line(cfg_factory, tmp_path, monkeypatch):
+    for key in ("CVAT_HOST", "CVAT_USERNAME", "CVAT_PASSWORD", "CVAT_ACCESS_TOKEN", "CVAT_ORG"):
+        monkeypatch.delenv(key, raising=False)
+    keys = tmp_path / "bad.yaml"
+    keys.write_text("cvat: [host: x\n  password: hunter2-secret\n")
+    os.chmod(keys, 0o600)
+    cfg, _ = cfg_factory(cvat={"keys_file": str(keys)})
+    with pytest.raises(AgirError) as err:
+        load_credentials(cfg)
+    assert "cannot read the CVAT keys file" in str(err.value) and "hunter2" not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__

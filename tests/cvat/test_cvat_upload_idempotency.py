@@ -153,3 +153,20 @@ def test_task_deleted_on_the_server_is_created_again(cvat_env, cfg_factory):
     again = run_upload_stage(cfg, run)
     assert again["tasks_unchanged"] == 1 and again["tasks_created"] == 1
     assert _task_names(cvat_env) == ["demo/round_001/part-001", "demo/round_001/part-002"]
+
+
+def test_record_without_its_mask_is_skipped_with_a_reason(cvat_env, cfg_factory):
+    cfg, run = cfg_factory()
+    make_infer_outputs(run, n=4, failed=1)
+    (run / "infer" / "masks" / "rec0001.png").unlink()
+    m = run_upload_stage(cfg, run)
+    assert m["frames"] == 3
+    assert m["skipped"] == [{"id": "rec0001", "reason": f"missing rec0001.png under {run / 'infer'}"}]
+    names = [f["record_id"] for t in read_json(run / "cvat" / "upload.json")["tasks"] for f in t["frames"]]
+    assert names == ["rec0000", "rec0002", "rec0003"]
+
+
+def test_no_inference_outputs_is_a_clear_error(cvat_env, cfg_factory):
+    cfg, run = cfg_factory()
+    with pytest.raises(AgirError, match=r"infer/manifest.jsonl: missing; run infer-seg"):
+        run_upload_stage(cfg, run)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from agir.errors import AgirError
 from agir.logs import get_logger
 from agir.runs import read_yaml
@@ -48,7 +50,7 @@ def _read_keys_file(path: Path) -> dict:
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("%s is readable by group/others (mode %o); run: chmod 600 %s", path, mode & 0o777, path)
         data = read_yaml(path) or {}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise AgirError(f"{path}: cannot read the CVAT keys file ({type(exc).__name__}); fix its YAML") from None
     if not isinstance(data, Mapping):
         raise AgirError(f"{path}: expected a mapping with a 'cvat:' section (host, username, password)")

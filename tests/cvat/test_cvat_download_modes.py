@@ -95,9 +95,13 @@ def test_foreign_tasks_by_id_fetch_images_from_the_server(cvat_env, cfg_factory,
     cfg2 = {**cfg, "cvat_download": {**cfg["cvat_download"], "task_ids": ids}}
     m = run_download_stage(cfg2, other)
     assert m["frames"] == 5 and m["changed_fraction_mean"] is None  # no pre-labels to compare with
+    own = _decoded(run)
     for p in (other / "cvat" / "annotations" / "masks").glob("*.png"):
-        img = read_image(other / "cvat" / "annotations" / "images" / f"{p.stem}.jpg")
-        assert img.shape[:2] == read_mask(p).shape
+        img_path = other / "cvat" / "annotations" / "images" / f"{p.stem}.jpg"
+        assert read_image(img_path).shape[:2] == read_mask(p).shape
+        # frame names are the record ids; the server hands back the uploaded JPEG bytes
+        assert img_path.read_bytes() == (run / "infer" / "images" / f"{p.stem}.jpg").read_bytes()
+        assert np.array_equal(read_mask(p), own[p.stem])
     by_project = {**cfg, "cvat_download": {**cfg["cvat_download"], "project_id": 1}}
     assert run_download_stage(by_project, tmp_path / "third")["tasks"] == 2
 

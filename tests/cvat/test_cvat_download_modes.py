@@ -95,6 +95,7 @@ def test_foreign_tasks_by_id_fetch_images_from_the_server(cvat_env, cfg_factory,
     cfg2 = {**cfg, "cvat_download": {**cfg["cvat_download"], "task_ids": ids}}
     m = run_download_stage(cfg2, other)
     assert m["frames"] == 5 and m["changed_fraction_mean"] is None  # no pre-labels to compare with
+    run_download_stage(cfg, run)
     own = _decoded(run)
     for p in (other / "cvat" / "annotations" / "masks").glob("*.png"):
         img_path = other / "cvat" / "annotations" / "images" / f"{p.stem}.jpg"

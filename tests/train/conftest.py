@@ -77,6 +77,18 @@ def make_dataset(
     return ds
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny convolutions gain nothing from threads, and on a busy 2-core box OpenMP spin-waiting
+    between threads makes them 5x slower; one thread keeps these tests fast and steady."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_run(tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "demo" / "round_001"
@@ -86,7 +98,8 @@ def tiny_run(tmp_path: Path) -> Path:
 
 def tiny_cfg(**overrides) -> dict:
     train = {
-        "arch": "Unet", "encoder": "resnet18", "epochs": 2, "batch_size": 4, "crop_size": 64,
+        # the smallest smp pairing (0.9M parameters) keeps each CPU training step and checkpoint tiny
+        "arch": "Linknet", "encoder": "timm-mobilenetv3_small_minimal_100", "epochs": 2, "batch_size": 4, "crop_size": 64,
         "accelerator": "cpu", "devices": 1, "num_workers": 0, "warmup_epochs": 0.5, "lr": 3e-3,
         "early_stopping_patience": 5,
     }

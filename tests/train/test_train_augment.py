@@ -50,9 +50,13 @@ def test_scale_keeps_alignment_up_to_edges():
         m = tm.numpy()
         red = ti[0].numpy().astype(int)
         valid = m != IGNORE
-        # bilinear image vs nearest mask differ only on the block's one-pixel rim
+        # bilinear image vs nearest mask differ only on the block's rim ...
         agree = ((red >= 100) == (m == 2))[valid].mean()
-        assert agree > 0.995
+        assert agree > 0.98
+        # ... and the block sits at the same place (rounding moves an edge by <= 1/2 px; a sampling shift moves the whole block ~1 px)
+        in_img, in_mask = np.argwhere((red >= 100) & valid), np.argwhere(m == 2)
+        if len(in_mask) > 50:
+            assert np.abs(in_img.mean(0) - in_mask.mean(0)).max() < 0.75
         assert set(np.unique(m)) <= {0, 2, IGNORE}  # nearest-neighbour: no invented class values
 
 

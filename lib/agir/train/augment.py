@@ -102,9 +102,14 @@ def build_train_transform(augment: Mapping[str, Any] | None, crop_size: int | No
 
 
 def to_tv(image_hwc: np.ndarray, mask_hw: np.ndarray) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-    """numpy RGB (H, W, 3) uint8 + (H, W) uint8 -> tv_tensors (no copy of pixel order beyond CHW)."""
-    img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image_hwc)).permute(2, 0, 1))
-    msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask_hw)))
+    """numpy RGB (H, W, 3) uint8 + (H, W) uint8 -> tv_tensors Image (CHW view) and Mask."""
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        # decoders may hand out read-only buffers; torch needs writable memory
+        return torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a))
+
+    img = tv_tensors.Image(tensor(image_hwc).permute(2, 0, 1))
+    msk = tv_tensors.Mask(tensor(mask_hw))
     return img, msk
 
 

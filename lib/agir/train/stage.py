@@ -32,6 +32,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tqdm import tqdm
@@ -242,7 +243,7 @@ def _trainer(tcfg: Mapping[str, Any], model_dir: Path, callbacks: list, progress
             log_every_n_steps=1,
             default_root_dir=model_dir,
         )
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, ImportError, MisconfigurationException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AgirError(
             f"train.accelerator/devices/strategy/precision = {tcfg['accelerator']}/{tcfg['devices']}/"

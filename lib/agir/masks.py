@@ -139,14 +139,26 @@ def remap_lut(src: Sequence[Mapping], dst_index_by_name: Mapping[str, int], unkn
 
 
 def color_mask_to_index(rgb: np.ndarray, classes: Sequence[Mapping], tolerance: int = 0) -> np.ndarray:
-    """Colour-painted mask (RGB) → class indices by each class colour; unmatched non-black → IGNORE."""
+    """Colour-painted mask (RGB) → class indices by each class colour; unmatched non-black → IGNORE.
+
+    A pixel takes the last class whose colour is within `tolerance` on every channel. Only
+    non-black pixels are compared unless a class colour is near enough black to match black
+    pixels (the result is the same; real masks are mostly black, so this is much faster).
+    """
     out = np.zeros(rgb.shape[:2], dtype=np.uint8)
-    nonblack = rgb.max(axis=2) > tolerance
-    out[nonblack] = IGNORE
-    for c in classes:
-        col = np.array(hex_to_rgb(c["color"]), dtype=np.int16)
-        hit = np.abs(rgb.astype(np.int16) - col).max(axis=2) <= tolerance
-        out[hit] = int(c["index"])
+    # elementwise maxima: far faster than a reduction over the last (length-3) axis
+    brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    cols = [(np.array(hex_to_rgb(c["color"]), dtype=np.int16), int(c["index"])) for c in classes]
+    if any(int(col.max()) <= 2 * tolerance for col, _ in cols):
+        candidates = np.ones(rgb.shape[:2], dtype=bool)  # a dark class colour can match black pixels too
+    else:
+        candidates = brightest > tolerance
+    px = rgb[candidates].astype(np.int16)
+    vals = np.where(brightest[candidates] > tolerance, IGNORE, BACKGROUND).astype(np.uint8)
+    for col, index in cols:
+        d = np.abs(px - col)
+        vals[np.maximum(np.maximum(d[:, 0], d[:, 1]), d[:, 2]) <= tolerance] = index
+    out[candidates] = vals
     return out
 
 

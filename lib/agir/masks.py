@@ -141,18 +141,17 @@ def remap_lut(src: Sequence[Mapping], dst_index_by_name: Mapping[str, int], unkn
 def color_mask_to_index(rgb: np.ndarray, classes: Sequence[Mapping], tolerance: int = 0) -> np.ndarray:
     """Colour-painted mask (RGB) → class indices by each class colour; unmatched non-black → IGNORE.
 
-    A pixel takes the last class whose colour is within `tolerance` on every channel. Only
-    non-black pixels are compared unless a class colour is near enough black to match black
-    pixels (the result is the same; real masks are mostly black, so this is much faster).
+    A pixel takes the last class whose colour is within `tolerance` on every channel. Pixels too
+    dark to be non-black or to match any class colour are skipped (a pixel can only match colour c
+    if its brightest channel is >= max(c) - tolerance); real masks are mostly black, so this is
+    much faster and gives the same result.
     """
     out = np.zeros(rgb.shape[:2], dtype=np.uint8)
     # elementwise maxima: far faster than a reduction over the last (length-3) axis
     brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
     cols = [(np.array(hex_to_rgb(c["color"]), dtype=np.int16), int(c["index"])) for c in classes]
-    if any(int(col.max()) <= 2 * tolerance for col, _ in cols):
-        candidates = np.ones(rgb.shape[:2], dtype=bool)  # a dark class colour can match black pixels too
-    else:
-        candidates = brightest > tolerance
+    threshold = min([tolerance + 1] + [int(col.max()) - tolerance for col, _ in cols])
+    candidates = brightest >= threshold if threshold > 0 else np.ones(rgb.shape[:2], dtype=bool)
     px = rgb[candidates].astype(np.int16)
     vals = np.where(brightest[candidates] > tolerance, IGNORE, BACKGROUND).astype(np.uint8)
     for col, index in cols:

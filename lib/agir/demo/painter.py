@@ -105,14 +105,14 @@ def _leaf_color(rng: np.random.Generator, sp: Species, health: float) -> tuple[n
     base = np.asarray(sp.leaf_rgb, dtype=np.float32) * rng.uniform(0.88, 1.12) + rng.normal(0, 5, 3)
     tip = None
     r = rng.random()
-    if r < 0.07 + 0.25 * health:  # yellowing leaf
+    if r < 0.04 + 0.2 * health:  # yellowing leaf
         base = _mix(base, (196, 178, 72), rng.uniform(0.35, 0.85))
-    elif r < 0.11 + 0.3 * health:  # browning / dead leaf
+    elif r < 0.06 + 0.26 * health:  # browning / dead leaf
         base = _mix(base, (128, 96, 58), rng.uniform(0.5, 0.95))
-    elif r < 0.2:  # sun glint: washed-out, low-saturation green
-        base = base * 1.25 + 45
-    if sp.red_stems and rng.random() < 0.35:  # palmer amaranth: reddish leaves
-        base = _mix(base, (132, 58, 52), rng.uniform(0.3, 0.7))
+    elif r < 0.12 + 0.26 * health:  # sun glint: washed-out, low-saturation green
+        base = base * 1.2 + 40
+    if sp.red_stems and rng.random() < 0.2:  # palmer amaranth: reddish leaves
+        base = _mix(base, (132, 58, 52), rng.uniform(0.25, 0.6))
     if sp.style == "grass" and rng.random() < 0.45:
         tip = np.asarray((188, 168, 92), dtype=np.float32)  # dry tips
     return np.clip(base, 0, 255), tip
@@ -138,7 +138,7 @@ def draw_plant(cv: Canvas, rng: np.random.Generator, plant: int, sp: Species, cx
             a = rot + i * 2.39996 + rng.normal(0, 0.2)  # golden-angle phyllotaxis
             pet = radius * rng.uniform(0.12, 0.4)
             end = c + pet * np.array([np.cos(a), np.sin(a)])
-            cv.line(np.array([c, end]), stem * rng.uniform(0.8, 1.1), max(2, radius * 0.025), plant)
+            cv.line(np.array([c, end]), stem * rng.uniform(0.8, 1.1), max(2, radius * 0.018), plant)
             col, _ = _leaf_color(rng, sp, health)
             length = radius * rng.uniform(0.4, 0.62)
             draw_leaf(cv, plant, end, a + rng.normal(0, 0.25), length, length * rng.uniform(0.38, 0.5),
@@ -286,8 +286,8 @@ def paint_bench(rng: np.random.Generator, width: int, height: int, species: Sequ
         inner = d < pot.r * 0.9
         src = (soil_b if rng.random() < gravel_frac else soil_a)[y0:y1, x0:x1]
         win[inner] = src[inner]
-        if rng.random() < 0.3:  # moss and algae creeping on the soil and rim
-            for _ in range(int(rng.integers(1, 4))):
+        if rng.random() < 0.2:  # moss and algae creeping on the soil and rim
+            for _ in range(int(rng.integers(1, 3))):
                 ang = rng.uniform(0, 2 * np.pi)
                 mx, my = pot.r * 0.8 * math.cos(ang), pot.r * 0.8 * math.sin(ang)
                 blob = (np.hypot(dx - mx, dy - my) < pot.r * rng.uniform(0.12, 0.28)) & (d < pot.r)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from agir.checkpoint import build_model, save_checkpoint
@@ -129,7 +130,7 @@ def _tiny_checkpoint(path, classes=("barley", "palmer amaranth"), head="softmax"
     n = 1 if head == "sigmoid" else len(classes) + 1
     model = build_model("Unet", "resnet18", 3, n)
     save_checkpoint(path, model.state_dict(), arch="Unet", encoder="resnet18", in_channels=3, classes=list(classes),
-                    mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], tile_size=64, overlap=0.25,
+                    mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], tile_size=96, overlap=0.25,
                     metrics={}, config={}, head=head)
     return path
 
@@ -156,25 +157,29 @@ def test_images_folder_source(tmp_path, make_cfg):
         run_infer_stage(cfg, run)
 
 
-def test_model_path_multiclass_and_binary(semif_run, tmp_path):
+def test_model_path_multiclass(semif_run, tmp_path):
     make_cfg, run = semif_run["make_cfg"], semif_run["run"]
     ckpt = _tiny_checkpoint(tmp_path / "best.pth", classes=("a", "b", "c"))
     cfg, _ = make_cfg(**{"seg_inference.model.ckpt_path": str(ckpt), "seg_inference.device": "cpu",
                          "seg_inference.post_process.min_area": 0})
     metrics = run_infer_stage(cfg, run)
-    assert metrics["backend"] == "model" and metrics["ok"] == 2 and metrics["tiles"] > 2
-    assert metrics["model"]["arch"] == "Unet" and metrics["settings"]["tile_size"] == 64  # from the checkpoint
+    assert metrics["backend"] == "model" and metrics["ok"] == 2 and metrics["tiles"] == 4 + 4
+    assert metrics["model"]["arch"] == "Unet" and metrics["settings"]["tile_size"] == 96  # from the checkpoint
     assert [c["name"] for c in read_classes(run / "infer" / "masks")] == ["a", "b", "c"]
     mask = read_mask(run / "infer" / "masks" / "A.png")
     assert mask.shape == (120, 160) and mask.max() <= 3
-    # binary (sigmoid) checkpoint: threshold does what it says
+
+
+def test_model_path_binary_threshold(semif_run, tmp_path):
+    make_cfg, run = semif_run["make_cfg"], semif_run["run"]
     ckpt = _tiny_checkpoint(tmp_path / "bin.pth", classes=("plant",), head="sigmoid")
     fractions = []
     for thr in (0.0, 1.0):
         cfg, _ = make_cfg(**{"seg_inference.model.ckpt_path": str(ckpt), "seg_inference.device": "cpu",
-                             "seg_inference.post_process.threshold": thr, "seg_inference.tile.size": 96})
+                             "seg_inference.post_process.threshold": thr, "seg_inference.tile.size": 160,
+                             "seg_inference.max_records": 1})
         m = run_infer_stage(cfg, run)
-        assert m["settings"]["tile_size"] == 96  # config overrides the checkpoint's tile size
+        assert m["settings"]["tile_size"] == 160 and m["tiles"] == 1  # config overrides the checkpoint's tile size
         fractions.append((read_mask(run / "infer" / "masks" / "A.png") == 1).mean())
     assert fractions == [1.0, 0.0]
 
@@ -289,3 +294,22 @@ def test_model_path_on_cuda(semif_run, tmp_path):
     cfg, _ = make_cfg(**{"seg_inference.model.ckpt_path": str(ckpt), "seg_inference.device": "cuda"})
     metrics = run_infer_stage(cfg, run)
     assert metrics["ok"] == 2 and metrics["device"].startswith("cuda")
+
+
+def test_species_missing_from_classes_names_is_marked_ignore(semif_run):
+    make_cfg, run = semif_run["make_cfg"], semif_run["run"]
+    cfg, _ = make_cfg(**{"classes.names": ["barley"]})
+    run_infer_stage(cfg, run)
+    line = read_jsonl(run / "infer" / "manifest.jsonl")[0]
+    assert line["status"] == "ok" and "palmer amaranth" in line["reason"] and "255" in line["reason"]
+    mask = read_mask(run / line["mask"])
+    assert mask[40, 40] == 1 and mask[80, 120] == 255
+
+
+def test_binary_mode_labels_every_record_plant(semif_run):
+    make_cfg, run = semif_run["make_cfg"], semif_run["run"]
+    cfg, _ = make_cfg(**{"classes.mode": "binary"})
+    run_infer_stage(cfg, run)
+    assert [c["name"] for c in read_classes(run / "infer" / "masks")] == ["plant"]
+    mask = read_mask(run / "infer" / "masks" / "A.png")
+    assert mask[40, 40] == 1 and mask[80, 120] == 1 and set(np.unique(mask)) == {0, 1}

@@ -8,6 +8,12 @@ import numpy as np
 from agir.masks import BACKGROUND, IGNORE
 
 
+def present_classes(mask: np.ndarray) -> list[int]:
+    """Class indices present in a mask, background and ignore excluded (bincount: no sort of the frame)."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    return [int(c) for c in np.flatnonzero(counts) if c not in (BACKGROUND, IGNORE)]
+
+
 def remove_small_components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
     """Set plant regions smaller than `min_area` px to background; returns (mask, regions removed).
 
@@ -17,9 +23,7 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray
     if min_area <= 0:
         return mask, 0
     removed = 0
-    for cls in np.unique(mask):
-        if cls in (BACKGROUND, IGNORE):
-            continue
+    for cls in present_classes(mask):
         binary = (mask == cls).view(np.uint8)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_32S)
         small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < min_area) + 1
@@ -35,9 +39,7 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill background holes enclosed by one class with that class (holes touching the frame stay)."""
     h, w = mask.shape
-    for cls in np.unique(mask):
-        if cls in (BACKGROUND, IGNORE):
-            continue
+    for cls in present_classes(mask):
         region = (mask == cls).view(np.uint8) * 255
         # Flood the outside from a 1-px border; whatever the flood cannot reach is enclosed.
         padded = np.zeros((h + 2, w + 2), dtype=np.uint8)

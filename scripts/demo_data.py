@@ -6,4 +6,4 @@ from agir.logs import setup_logging
 from agir.rule import main_guard
 
 setup_logging(snakemake.log[0])
-main_guard(lambda: generate_demo_data(Path(snakemake.params.out)))
+main_guard(lambda: generate_demo_data(Path(snakemake.params.out), workers=snakemake.threads))

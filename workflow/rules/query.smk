@@ -38,7 +38,7 @@ if DEMO_DB:
         log:
             f"{Path(DEMO_DB).parent}/demo_data.log",
         localrule: True
-        threads: 1
+        threads: 2
         resources:
             mem_mb=2000,
             runtime=10,

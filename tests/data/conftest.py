@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
 from agir.config import load_config
 from agir.images import write_image
 from agir.masks import make_classes, write_classes, write_mask

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+
 from agir.data import run_preprocess_stage
 from agir.data.geometry import Geometry, cut, geometry_from_config
 from agir.errors import ConfigError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+
 from agir.data import run_preprocess_stage
 from agir.data.remap import remap_mask, target_index_by_name
 from agir.masks import make_classes, read_classes, read_mask

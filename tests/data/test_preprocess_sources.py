@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+
 from agir.data import run_preprocess_stage
 from agir.data.sources import cvat_round_samples, db_mask_samples, discover_rounds
 from agir.errors import AgirError

@@ -6,6 +6,7 @@ import csv
 from collections import Counter, defaultdict
 
 import pytest
+
 from agir.data import run_preprocess_stage
 from agir.data.splits import assign_splits, check_split_ratios
 from agir.errors import ConfigError

@@ -8,6 +8,7 @@ import shutil
 
 import cv2
 import numpy as np
+
 from agir.data import run_preprocess_stage
 from agir.images import read_image, write_image
 from agir.masks import read_classes, read_mask, write_mask

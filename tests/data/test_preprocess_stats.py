@@ -6,8 +6,9 @@ import csv
 
 import numpy as np
 import pytest
+
 from agir.data import run_preprocess_stage
-from agir.data.stats import dataset_stats, merge_moments, pixel_moments
+from agir.data.stats import dataset_stats, mean_std, merge_moments, pixel_moments
 from agir.images import read_image
 from agir.masks import make_classes, read_mask
 from agir.runs import read_json
@@ -24,7 +25,11 @@ def test_moments_ignore_ignored_pixels_and_merge_exactly():
     merged = merge_moments(pixel_moments(i, m) for i, m in tiles)
     valid = np.concatenate([i[m != 255] for i, m in tiles]).astype(np.float64) / 255
     assert merged["n"] == len(valid)
-    assert np.allclose(merged["mean"], valid.mean(0))
+    mean, std = mean_std(merged)
+    assert np.allclose(mean, valid.mean(0)) and np.allclose(std, valid.std(0))
+    halves = merge_moments([merge_moments(pixel_moments(i, m) for i, m in tiles[:2]),
+                            merge_moments(pixel_moments(i, m) for i, m in tiles[2:])])
+    assert halves == merged  # exact: merging order does not matter
     stats = dataset_stats(merged, [10, 30, 5], make_classes(["plant"]))
     assert np.allclose(stats["std"], valid.std(0))
     assert stats["class_pixel_frequencies"] == {"background": 0.25, "plant": 0.75}

@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
-
 from agir.data.geometry import Geometry, cut, geometry_from_config
 from agir.data.remap import dataset_class_names, dataset_classes, norm_name, remap_mask, target_index_by_name
 from agir.data.sources import (
@@ -48,7 +46,7 @@ from agir.runs import append_jsonl, dumps_json, read_json, read_jsonl, write_jso
 
 log = get_logger("agir.data.preprocess")
 
-FORMAT_VERSION = 1  # bump when the output of a source changes for the same settings
+FORMAT_VERSION = 2  # bump when the output of a source changes for the same settings
 JOURNAL = ".journal.jsonl"
 
 
@@ -88,16 +86,14 @@ def _pool_map(fn: Callable[[dict], dict], jobs: Sequence[dict], workers: int, de
         # fork, not spawn: spawn re-runs the caller's main script (Snakemake rule scripts are not
         # guarded by `if __name__ == "__main__"`).
         ctx = mp.get_context("fork")
-        with ctx.Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
+        # No cv2.setNumThreads in the children: reconfiguring OpenCV's thread pool inherited
+        # through fork deadlocks once the parent has used it.
+        with ctx.Pool(min(workers, len(jobs))) as pool:
             for res in pool.imap_unordered(fn, jobs):
                 yield res
                 bar.update()
     finally:
         bar.close()
-
-
-def _worker_init() -> None:
-    cv2.setNumThreads(1)  # one process per core already
 
 
 def _run_guarded(fn: Callable[[dict], dict], job: dict) -> dict:

@@ -1,8 +1,8 @@
 """Dataset statistics: per-channel mean/std over valid (non-ignore) pixels and class pixel frequencies.
 
-Partial results are (n, mean, M2) triples per channel, merged with Chan et al.'s parallel
-formula, so worker processes summarise their tiles and the parent combines them exactly without
-the cancellation error of sum-of-squares.
+Partial results are exact integer sums (count, sum and sum of squares of 0-255 values per
+channel), so worker processes summarise their tiles, the parent adds them up, and the mean and
+variance come out exactly, in any order, without floating-point cancellation.
 """
 
 from __future__ import annotations
@@ -16,36 +16,41 @@ from agir.masks import IGNORE
 
 
 def pixel_moments(image: np.ndarray, mask: np.ndarray) -> dict:
-    """{'n', 'mean'[C], 'm2'[C]} of an RGB uint8 tile on a 0-1 scale over pixels whose mask is not ignore."""
+    """{'n', 'sum'[C], 'sumsq'[C]} of an RGB uint8 tile (0-255 integers) over pixels whose mask is not ignore."""
     valid = mask != IGNORE
-    px = image[valid].astype(np.float64) / 255.0
-    n = int(px.shape[0])
     channels = image.shape[2] if image.ndim == 3 else 1
-    if n == 0:
-        return {"n": 0, "mean": [0.0] * channels, "m2": [0.0] * channels}
-    px = px.reshape(n, channels)
-    mean = px.mean(axis=0)
-    m2 = ((px - mean) ** 2).sum(axis=0)
-    return {"n": n, "mean": mean.tolist(), "m2": m2.tolist()}
+    flat = image.reshape(-1, channels)
+    px = flat if valid.all() else flat[valid.ravel()]
+    wide = px.astype(np.int64)
+    return {
+        "n": int(px.shape[0]),
+        "sum": [int(v) for v in wide.sum(axis=0)],
+        "sumsq": [int(v) for v in np.einsum("ij,ij->j", wide, wide)],
+    }
 
 
 def merge_moments(parts: Iterable[Mapping]) -> dict:
-    n, mean, m2 = 0, None, None
+    n, total, total_sq = 0, None, None
     for p in parts:
         if not p or p["n"] == 0:
             continue
-        pm, pm2 = np.asarray(p["mean"], dtype=np.float64), np.asarray(p["m2"], dtype=np.float64)
-        if n == 0:
-            n, mean, m2 = p["n"], pm, pm2
-            continue
-        total = n + p["n"]
-        delta = pm - mean
-        mean = mean + delta * p["n"] / total
-        m2 = m2 + pm2 + delta**2 * n * p["n"] / total
-        n = total
-    if n == 0:
-        return {"n": 0, "mean": [], "m2": []}
-    return {"n": n, "mean": mean.tolist(), "m2": m2.tolist()}
+        if total is None:
+            total, total_sq = [0] * len(p["sum"]), [0] * len(p["sum"])
+        n += p["n"]
+        total = [a + b for a, b in zip(total, p["sum"])]
+        total_sq = [a + b for a, b in zip(total_sq, p["sumsq"])]
+    return {"n": n, "sum": total or [], "sumsq": total_sq or []}
+
+
+def mean_std(moments: Mapping) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population std on the 0-1 scale (exact integer arithmetic until the division)."""
+    n = moments.get("n", 0)
+    if not n:
+        return [], []
+    mean = [s / n / 255.0 for s in moments["sum"]]
+    # n^2 * var = n * sum(x^2) - (sum x)^2, exactly, in Python integers
+    std = [math.sqrt((n * q - s * s) / (n * n)) / 255.0 for s, q in zip(moments["sum"], moments["sumsq"])]
+    return mean, std
 
 
 def class_pixel_counts(mask: np.ndarray, num_classes: int) -> list[int]:
@@ -56,14 +61,13 @@ def class_pixel_counts(mask: np.ndarray, num_classes: int) -> list[int]:
 
 def dataset_stats(moments: Mapping, counts: Sequence[int], classes: Sequence[Mapping]) -> dict:
     """stats.json content: mean/std (0-1, per channel), class pixel counts and frequencies (of valid pixels)."""
-    n = moments.get("n", 0)
-    std = [math.sqrt(v / n) for v in moments["m2"]] if n else []
+    mean, std = mean_std(moments)
     names = ["background"] + [c["name"] for c in classes]
     valid = sum(counts[: len(names)])
     return {
         "split": "train",
-        "pixels": int(n),
-        "mean": [float(v) for v in moments.get("mean", [])] if n else [],
+        "pixels": int(moments.get("n", 0)),
+        "mean": mean,
         "std": std,
         "class_pixel_counts": {name: int(counts[i]) for i, name in enumerate(names)},
         "ignore_pixels": int(counts[len(names)]) if len(counts) > len(names) else 0,

@@ -94,3 +94,18 @@ def test_background_tiles_dropped_except_a_seeded_fraction(kit):
     # a rebuild from scratch keeps exactly the same background tiles
     run_preprocess_stage(cfg, run, force=True)
     assert [r["sample_id"] for r in _rows(run) if r["kept"] == "background_sample"] == kept_bg
+
+
+def test_stage_resize_gives_one_letterboxed_sample_per_image(kit):
+    cfg = kit.cfg(**{"preprocess.geometry": "resize", "preprocess.resize": 32})
+    records: list = []
+    kit.add_db_image(cfg, records, "IMG_1", 40, 80, [(3, 0, 40, 40, 80)], ["barley"])
+    kit.write_query(cfg, records)
+    run = kit.run_of(cfg)
+    metrics = run_preprocess_stage(cfg, run)
+    (row,) = _rows(run)
+    assert (row["sample_id"], row["y0"], row["x0"], row["y1"], row["x1"], float(row["scale"])) == (
+        "IMG_1", "0", "0", "40", "80", 0.4)
+    mask = read_mask(run / "dataset" / row["mask"])
+    assert mask.shape == (32, 32) and (mask[16:] == 255).all() and (mask[:16, 16:] == 1).all()
+    assert metrics["geometry"] == {"mode": "resize", "size": 32, "overlap": 0.0}

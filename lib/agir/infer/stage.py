@@ -26,6 +26,7 @@ import glob as globmod
 import hashlib
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -485,7 +486,7 @@ def run_infer_stage(
             lines[it.index] = line
 
     bar = tqdm(total=len(mine), initial=len(lines), unit="rec", desc="infer", dynamic_ncols=True,
-               disable=None, mininterval=1.0)
+               mininterval=1.0 if sys.stderr.isatty() else 10.0)
     try:
         top_up()
         while reads:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from agir.images import write_image
 from agir.masks import IGNORE, make_classes, write_classes, write_mask
 from agir.runs import write_json

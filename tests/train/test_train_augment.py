@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from agir.errors import ConfigError
 from agir.masks import IGNORE
 from agir.train.augment import build_train_transform, denormalize, normalize, to_tv

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from agir.errors import AgirError
 from agir.images import write_image
 from agir.masks import IGNORE, read_mask, write_mask

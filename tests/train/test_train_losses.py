@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from agir.errors import ConfigError
 from agir.masks import IGNORE
 from agir.train.losses import SegLoss

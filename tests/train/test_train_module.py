@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from agir.train.module import SegModule, lr_factor, scores_from_confusion
 
 

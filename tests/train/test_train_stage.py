@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
+
 from agir.checkpoint import load_checkpoint, model_from_checkpoint
 from agir.errors import AgirError
 from agir.images import read_image
@@ -16,7 +18,6 @@ from agir.runs import read_json
 from agir.train.augment import normalize, to_tv
 from agir.train.module import SegModule
 from agir.train.stage import run_train_stage
-from PIL import Image
 
 from .conftest import make_dataset, tiny_cfg
 
@@ -146,3 +147,29 @@ def test_class_weights_and_focal_run(tmp_path):
     meta = torch.load(run / "model/last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]["agir"]
     assert len(meta["class_weights"]) == 2 and meta["class_weights"][1] > meta["class_weights"][0]
     assert np.isfinite(pd.read_csv(run / "model/metrics.csv")["train_loss"]).all()
+
+
+def test_resume_decision(trained, tmp_path):
+    from agir.train.stage import _resume_path
+
+    run, _ = trained
+    last = run / "model/last.ckpt"
+    fp = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]["agir"]["fingerprint"]
+    assert _resume_path(last, fp, resume=True) == last
+    assert _resume_path(last, fp, resume=False) is None  # train.resume: false
+    assert _resume_path(last, "0" * 16, resume=True) is None  # other settings or dataset
+    torn = tmp_path / "last.ckpt"
+    torn.write_bytes(last.read_bytes()[:1000])
+    assert _resume_path(torn, fp, resume=True) is None  # unreadable: retrain rather than crash
+    assert _resume_path(tmp_path / "absent.ckpt", fp, resume=True) is None
+
+
+def test_fingerprint_ignores_hardware_and_epochs(tmp_path):
+    from agir.train.datamodule import load_dataset_info
+    from agir.train.stage import train_settings, training_fingerprint
+
+    info = load_dataset_info(make_dataset(tmp_path, {"train": 1}, size=32))
+    base = training_fingerprint(train_settings(tiny_cfg()), info)
+    assert training_fingerprint(train_settings(tiny_cfg(epochs=9, devices=2, num_workers=4, resume=False)), info) == base
+    assert training_fingerprint(train_settings(tiny_cfg(lr=0.5)), info) != base
+    assert training_fingerprint(train_settings(tiny_cfg(augment={"flip": False})), info) != base

@@ -106,7 +106,7 @@ class SegModule(L.LightningModule):
 
     def epoch_train_loss(self) -> float | None:
         """Mean training loss of the current epoch so far (this rank), for the per-epoch history."""
-        return self._loss_sum / self._loss_n if self._loss_n else None
+        return float(self._loss_sum) / self._loss_n if self._loss_n else None
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
@@ -114,7 +114,8 @@ class SegModule(L.LightningModule):
         terms = self.criterion.terms(logits, y)
         loss = sum(self.criterion.weights[k] * v for k, v in terms.items())
         bs = x.shape[0]
-        self._loss_sum += float(loss.detach()) * bs
+        # a device tensor: no host sync per step (it would stall the GPU pipeline)
+        self._loss_sum = self._loss_sum + loss.detach() * bs
         self._loss_n += bs
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         for k, v in terms.items():

@@ -33,7 +33,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tqdm import tqdm
 
@@ -56,8 +56,12 @@ log = get_logger("train")
 
 # Settings that may change between a crash and a rerun without invalidating last.ckpt:
 # more epochs, more patience, other hardware.
-RESUME_NEUTRAL = ("epochs", "early_stopping_patience", "num_workers", "devices", "strategy", "accelerator", "precision")
+RESUME_NEUTRAL = (
+    "epochs", "early_stopping_patience", "num_workers", "devices", "strategy", "accelerator", "precision", "resume",
+)
 PREDICTION_SAMPLES = 6
+# bar refreshes read the loss from the device; every few steps keeps GPU steps free of host syncs
+PROGRESS_REFRESH_STEPS = 5
 
 DEFAULTS: dict[str, Any] = {
     "arch": "Unet",
@@ -78,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "num_workers": 2,
     "seed": 42,
     "early_stopping_patience": 10,
+    "resume": True,
     "loss": {"ce": 1.0, "dice": 1.0, "focal": 0.0},
     "class_weights": False,
     "augment": {"enabled": True, "flip": True, "rotate90": True, "scale": [0.75, 1.25], "color_jitter": 0.2},
@@ -234,7 +239,7 @@ def _trainer(tcfg: Mapping[str, Any], model_dir: Path, callbacks: list, progress
             precision=tcfg["precision"],
             gradient_clip_val=tcfg.get("grad_clip") or None,
             limit_train_batches=int(steps) if steps else 1.0,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *([TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)] if progress else [])],
             plugins=[AtomicCheckpointIO()],
             logger=False,  # metrics.csv is written by EpochHistory, one row per epoch
             enable_progress_bar=progress,
@@ -282,11 +287,13 @@ def _summary(scores: Mapping[str, Any]) -> dict[str, Any] | None:
     return {k: _finite(v) for k, v in scores.items()}
 
 
-def run_train_stage(cfg: Mapping[str, Any], run: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
+def run_train_stage(
+    cfg: Mapping[str, Any], run: str | Path, *, resume: bool | None = None, progress: bool = True
+) -> dict:
     """Train on `run/dataset/`, write `run/model/` (see module docstring); returns metrics.json's content.
 
-    Reads the `train` section of `cfg` only. `resume=False` ignores an existing last.ckpt;
-    `progress=False` hides the Lightning progress bar (tests, benchmarks).
+    Reads the `train` section of `cfg` only. `resume` overrides `train.resume` (False: ignore an
+    existing last.ckpt); `progress=False` hides the Lightning progress bar (tests, benchmarks).
     """
     started = time.time()
     run = Path(run)
@@ -323,7 +330,7 @@ def run_train_stage(cfg: Mapping[str, Any], run: str | Path, *, resume: bool = T
         "fingerprint": fingerprint,
     }
     last = model_dir / "last.ckpt"
-    ckpt_path = _resume_path(last, fingerprint, resume)
+    ckpt_path = _resume_path(last, fingerprint, bool(tcfg["resume"]) if resume is None else resume)
     if ckpt_path is None:
         # stale checkpoints would make ModelCheckpoint write best-v1.ckpt and confuse resume
         for stale in (last, model_dir / "best.ckpt"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from agir.config import load_config
 from agir.images import read_image
 from agir.infer.baseline import plant_mask

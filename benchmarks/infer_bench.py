@@ -16,7 +16,7 @@ run of each (other processes on a shared machine only ever add time). The model 
 so every method sees the same weights and memory format. On CUDA every method runs under the
 same float16 autocast and timings are synchronised.
 
-    .venv/bin/python benchmarks/infer_bench.py [--device cpu|cuda] [--repeats 2] [--image PATH]
+    .venv/bin/python benchmarks/infer_bench.py [--device cpu|cuda] [--repeats 2] [--threads N] [--image PATH]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from agir.checkpoint import build_model
 from agir.images import read_image
 from agir.infer.predictor import TiledPredictor, resolve_device
@@ -62,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--encoder", default="resnet34")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from monai.inferers import sliding_window_inference  # benchmark-only dependency
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+
 from agir.checkpoint import (
     build_model,
     checkpoint_fingerprint,

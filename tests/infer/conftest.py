@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from agir.config import load_config
 from agir.images import write_image
 from agir.runs import write_json

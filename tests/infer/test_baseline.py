@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from agir.errors import AgirError
 from agir.infer.baseline import otsu_threshold, paint_boxes, plant_mask, vegetation_index
 

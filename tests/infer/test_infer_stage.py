@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from agir.checkpoint import build_model, save_checkpoint
 from agir.errors import AgirError
 from agir.images import read_image, write_image
 from agir.infer.stage import crop_box, merge_infer_shards, run_infer_stage
 from agir.masks import read_classes, read_mask
 from agir.runs import read_json, read_jsonl, write_json
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from agir.infer.postprocess import fill_holes, postprocess, remove_small_components
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from agir.checkpoint import build_model
 from agir.errors import AgirError
 from agir.infer.predictor import TiledPredictor, blend_window, resolve_device, window_1d

@@ -314,3 +314,14 @@ def test_binary_mode_labels_every_record_plant(semif_run):
     assert [c["name"] for c in read_classes(run / "infer" / "masks")] == ["plant"]
     mask = read_mask(run / "infer" / "masks" / "A.png")
     assert mask[40, 40] == 1 and mask[80, 120] == 1 and set(np.unique(mask)) == {0, 1}
+
+
+def test_newest_journal_line_wins_across_layouts(semif_run):
+    cfg, run, make_cfg = semif_run["cfg"], semif_run["run"], semif_run["make_cfg"]
+    for k in range(2):
+        run_infer_stage(cfg, run, shard_index=k, shard_count=2)  # settings A, sharded
+    changed, _ = make_cfg(**{"seg_inference.baseline.open_radius": 0})
+    assert run_infer_stage(changed, run)["processed"] == 2  # settings B overwrite the files
+    # back to A: the shards' old lines match A, but the files on disk are B's, so both are redone
+    assert run_infer_stage(cfg, run)["processed"] == 2
+    assert run_infer_stage(cfg, run)["resumed"] == 2

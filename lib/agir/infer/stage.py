@@ -324,13 +324,16 @@ def _paths(run: Path, shard_index: int | None) -> dict[str, Path]:
 
 
 def _previous_lines(run: Path) -> dict[str, dict]:
-    """Journal lines of earlier attempts (this layout or any shard layout), last one per id wins."""
+    """Journal lines of earlier attempts (this layout or any shard layout), the newest per id."""
     infer = run / "infer"
     journals = [infer / "journal.jsonl", *sorted(infer.glob("shards/*/journal.jsonl"))]
     done: dict[str, dict] = {}
     for j in journals:
         for line in read_jsonl(j, missing_ok=True):
-            if "id" in line:
+            if "id" not in line:
+                continue
+            # the newest line describes the files on disk, whichever journal (layout) wrote it
+            if line["id"] not in done or line.get("finished", 0) >= done[line["id"]].get("finished", 0):
                 done[line["id"]] = line
     return done
 
@@ -439,6 +442,7 @@ def run_infer_stage(
     journal_lock = threading.Lock()
 
     def journal(line: dict) -> None:
+        line["finished"] = time.time()
         with journal_lock:  # the writer thread and the main thread both record lines
             append_jsonl(paths["journal"], line)
 

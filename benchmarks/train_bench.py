@@ -148,10 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = steady numbers on a shared box)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (both loops)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tcfg = train_settings({"train": {"arch": args.arch, "encoder": args.encoder, "crop_size": args.crop,
-                                      "batch_size": args.batch, "num_workers": 0}})
+                                      "batch_size": args.batch, "num_workers": args.workers}})
     with tempfile.TemporaryDirectory() as tmp:
         info = load_dataset_info(make_dataset(Path(tmp), n=max(16, 2 * args.batch), size=2 * args.crop))
         plain, light = [], []
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             light.append(lightning_loop(tcfg, info, args.warm, args.steps, args.device))
     ratios = [p / q for p, q in zip(plain, light)]
     print(f"model={args.arch}/{args.encoder} crop={args.crop} batch={args.batch} device={args.device} "
-          f"threads={args.threads} steps={args.steps}x{args.repeats}")
+          f"threads={args.threads} workers={args.workers} steps={args.steps}x{args.repeats}")
     print(f"plain_steps_per_s={statistics.median(plain):.3f} (rounds: {', '.join(f'{v:.3f}' for v in plain)})")
     print(f"lightning_steps_per_s={statistics.median(light):.3f} (rounds: {', '.join(f'{v:.3f}' for v in light)})")
     # best round of each side: the one least disturbed by other load on the machine

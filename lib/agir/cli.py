@@ -133,8 +133,9 @@ def snakemake_command(args: argparse.Namespace, config_file: Path, overrides_fil
         cmd.append("--dry-run")
     if force_rule:
         cmd += ["--forcerun", force_rule]
-    cmd += list(args.snakemake_args or [])
+    # targets before the extra arguments: options such as `--quiet rules` take several values
     cmd += targets
+    cmd += list(args.snakemake_args or [])
     return cmd
 
 

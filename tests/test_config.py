@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from agir.config import (
     all_keys,
     apply_overrides,
@@ -113,13 +114,15 @@ def test_overrides_persist_per_run(tmp_path, repo_root):
     base["io"]["out_root"] = str(tmp_path / "runs")
     cfg_file.write_text(yaml.safe_dump(base))
 
-    cfg, run, acc = resolve_run_config(cfg_file, ["seg_inference.tile.size=256"])
+    cfg, run, acc = resolve_run_config(cfg_file, ["seg_inference.tile.size=256", "query.filters=[state=NC]"])
     assert cfg["seg_inference"]["tile"]["size"] == 256
     persist_overrides(run, acc)
+    # stored as a config tree that Snakemake reads with --configfile
+    assert yaml.safe_load((run / "overrides.yaml").read_text())["seg_inference"] == {"tile": {"size": 256}}
     # a later stage command without the override still sees it
     cfg2, run2, acc2 = resolve_run_config(cfg_file, [])
     assert run2 == run and cfg2["seg_inference"]["tile"]["size"] == 256
-    assert persisted_overrides(run) == {"seg_inference.tile.size": 256}
+    assert persisted_overrides(run) == {"seg_inference.tile.size": 256, "query.filters": ["state=NC"]}
     # a different round does not inherit it
     cfg3, run3, _ = resolve_run_config(cfg_file, ["project.subname=round_002"])
     assert run3 != run and cfg3["seg_inference"]["tile"]["size"] == base["seg_inference"]["tile"]["size"]

@@ -140,7 +140,7 @@ def snakemake_command(args: argparse.Namespace, config_file: Path, overrides_fil
 
 
 def run_stage(args: argparse.Namespace) -> int:
-    from agir.config import default_config_path, overrides_as_tree, resolve_run_config
+    from agir.config import default_config_path, overrides_as_tree, persist_overrides, resolve_run_config
     from agir.runs import write_yaml
 
     overrides = list(args.override)
@@ -150,8 +150,7 @@ def run_stage(args: argparse.Namespace) -> int:
     config_file = Path(args.config) if args.config else default_config_path()
     overrides_file = None
     if accumulated and not args.dry_run:
-        overrides_file = run / "overrides.yaml"
-        write_yaml(overrides_file, overrides_as_tree(accumulated))
+        overrides_file = persist_overrides(run, accumulated)
     elif accumulated:
         # a dry run must not change the run's persisted state: use a temporary copy
         import tempfile

@@ -244,21 +244,16 @@ def load_config(
     return cfg
 
 
-def persisted_overrides(run: str | os.PathLike) -> dict[str, Any]:
-    p = Path(run) / OVERRIDES_FILE
-    return (read_yaml(p) or {}) if p.exists() else {}
-
-
-def persist_overrides(run: str | os.PathLike, new: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge `new` dotted overrides into the run's overrides.yaml; return the accumulated set.
-
-    Overrides given to one stage command stay in force for the run, so a later stage run without
-    repeating them does not make earlier stages look stale.
-    """
-    merged = {**persisted_overrides(run), **dict(new)}
-    if merged:
-        write_yaml(Path(run) / OVERRIDES_FILE, merged)
-    return merged
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are leaves."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def overrides_as_tree(overrides: Mapping[str, Any]) -> dict:
@@ -266,6 +261,23 @@ def overrides_as_tree(overrides: Mapping[str, Any]) -> dict:
     for k, v in overrides.items():
         set_dotted(tree, k, v)
     return tree
+
+
+def persisted_overrides(run: str | os.PathLike) -> dict[str, Any]:
+    """The run's overrides.yaml (a config tree Snakemake can read with --configfile) as dotted keys."""
+    p = Path(run) / OVERRIDES_FILE
+    return flatten(read_yaml(p) or {}) if p.exists() else {}
+
+
+def persist_overrides(run: str | os.PathLike, overrides: Mapping[str, Any]) -> Path:
+    """Write the run's accumulated dotted overrides as a config tree (`{run}/overrides.yaml`).
+
+    Overrides given to one stage command stay in force for the run, so a later stage run without
+    repeating them does not make earlier stages look stale.
+    """
+    path = Path(run) / OVERRIDES_FILE
+    write_yaml(path, overrides_as_tree(overrides))
+    return path
 
 
 def resolve_run_config(

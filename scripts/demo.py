@@ -50,14 +50,28 @@ def main() -> int:
     q1 = json.loads((r1 / "infer" / "quality.json").read_text())
     q2 = json.loads((r2 / "infer" / "quality.json").read_text())
     model = json.loads((r1 / "model" / "metrics.json").read_text())
+    # Compare on the same images, and only on those round 1's model never trained on (its val/test
+    # split images): round 1's vegetation-index pre-labels vs round 2's model pre-labels.
+    unseen = {p["image_id"] for p in q2["per_image"] if p["seen_in_training"] is False}
+    base = {p["image_id"]: p for p in q1["per_image"] if p["image_id"] in unseen}
+    mod = {p["image_id"]: p for p in q2["per_image"] if p["image_id"] in base}
+
+    def mean(rows: dict, key: str) -> float:
+        return sum(r[key] for r in rows.values()) / max(1, len(rows))
+
     print("\n=== agir demo ===")
-    print(f"round 1 pre-labels (vegetation index): plant IoU {q1['binary_iou_mean']}, class mIoU {q1['class_miou']}")
-    print(f"round 2 pre-labels (round 1 model):    plant IoU {q2['binary_iou_mean']}, class mIoU {q2['class_miou']}")
+    print(f"round 1 pre-labels (vegetation index), all {q1['images_evaluated']} images: "
+          f"plant IoU {q1['binary_iou_mean']}, class mIoU {q1['class_miou']}")
+    print(f"round 2 pre-labels (round 1 model), all {q2['images_evaluated']} images: "
+          f"plant IoU {q2['binary_iou_mean']}, class mIoU {q2['class_miou']}")
+    print(f"on the {len(mod)} images the model never trained on: "
+          f"plant IoU {mean(base, 'binary_iou'):.4f} -> {mean(mod, 'binary_iou'):.4f}, "
+          f"class IoU {mean(base, 'class_iou'):.4f} -> {mean(mod, 'class_iou'):.4f}")
     test = model.get("test") or {}
-    print(f"round 1 model test mIoU: {test.get('miou', model.get('test_miou'))}")
+    print(f"round 1 model test mIoU (held-out tiles): {test.get('mIoU')}")
     print(f"reports: {r1 / 'report.html'}  {r2 / 'report.html'}")
     print(f"total time: {time.time() - started:.0f} s")
-    better = (q2["class_miou"] or 0) > (q1["class_miou"] or 0)
+    better = bool(mod) and mean(mod, "class_iou") > mean(base, "class_iou")
     print("round 2 beats round 1's baseline" if better else "WARNING: round 2 did not beat round 1's baseline")
     return 0 if better else 1
 

@@ -54,6 +54,27 @@ def truth_name_map(records: Sequence[Mapping], cfg: Mapping) -> dict[int, str]:
     return out
 
 
+def training_split_of_images(cfg: Mapping) -> dict[str, str]:
+    """image_id -> split of the dataset the configured model was trained on (empty for the baseline).
+
+    A model's checkpoint sits in `{round}/model/best.pth`; that round's `dataset/metrics.json` says
+    which split each source image went to, so pre-label quality can be reported on images the model
+    never trained on.
+    """
+    ckpt = ((cfg.get("seg_inference") or {}).get("model") or {}).get("ckpt_path")
+    if not ckpt:
+        return {}
+    metrics = Path(ckpt).resolve().parent.parent / "dataset" / "metrics.json"
+    try:
+        return {str(k): str(v) for k, v in (read_json(metrics).get("split_of_image") or {}).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
 def _in_run(run: Path, path: str | Path) -> Path:
     """Manifest paths are relative to the run folder."""
     p = Path(path)
@@ -83,6 +104,7 @@ def evaluate_run(cfg: Mapping, run: Path, gallery_size: int = 6) -> tuple[dict, 
     for r in records:
         by_image.setdefault(image_id(r, cfg), []).append(r)
     value_to_name = truth_name_map(records, cfg)
+    split_of = training_split_of_images(cfg)
 
     n = len(names) + 1
     total = np.zeros((n, n), np.int64)
@@ -115,7 +137,17 @@ def evaluate_run(cfg: Mapping, run: Path, gallery_size: int = 6) -> tuple[dict, 
         valid = truth != IGNORE
         union = np.logical_or(fg_p, fg_t)[valid].sum()
         binary = float(np.logical_and(fg_p, fg_t)[valid].sum() / union) if union else 1.0
-        per_image.append({"id": line["id"], "binary_iou": round(binary, 4)})
+        img_ious = iou_from_confusion(cm)[1:]
+        present = [float(v) for v in img_ious if not np.isnan(v)]
+        image_key = str(line.get("image_id", line["id"]))
+        per_image.append({
+            "id": line["id"],
+            "image_id": image_key,
+            "binary_iou": round(binary, 4),
+            "class_iou": round(float(np.mean(present)), 4) if present else 1.0,
+            # True/False when a trained model made the pre-label: was this image in its train split?
+            "seen_in_training": (split_of.get(image_key) == "train") if split_of else None,
+        })
         if len(gallery) < gallery_size:
             gallery.append((line["id"], line.get("image"), pred, truth))
 
@@ -132,6 +164,13 @@ def evaluate_run(cfg: Mapping, run: Path, gallery_size: int = 6) -> tuple[dict, 
         "per_class_iou": per_class,
         "per_image": per_image,
     }
+    if split_of:
+        unseen = [p for p in per_image if p["seen_in_training"] is False]
+        result["unseen_by_model"] = {
+            "images": len(unseen),
+            "binary_iou_mean": _mean([p["binary_iou"] for p in unseen]),
+            "class_iou_mean": _mean([p["class_iou"] for p in unseen]),
+        }
     if not per_image:
         result["reason"] = "no inference output has a database mask to compare with"
     return result, [(g[0], g[1], g[2], g[3], classes) for g in gallery]

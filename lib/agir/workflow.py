@@ -14,7 +14,7 @@ from agir.runs import project_dir
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "query": ("db", "query"),
     "infer": ("io", "db", "query", "classes", "seg_inference"),
-    "evaluate": ("io", "classes"),
+    "evaluate": ("io", "db", "query", "classes", "seg_inference"),
     "upload": ("cvat", "cvat_upload"),
     "download": ("cvat", "cvat_download"),
     "preprocess": ("io", "db", "query", "classes", "preprocess"),

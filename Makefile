@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,slurm,bench]'
 	@touch $(STAMP)
 
+# AGIR_SLURM=1: the real single-node SLURM tests run too (root only; installs slurm-wlm + munge via apt).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	AGIR_SLURM=$${AGIR_SLURM:-1} $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+	AGIR_SLURM=0 $(BIN)/python -m pytest -q -m "not slow and not slurm"
 
 test-slurm: $(STAMP)
 	AGIR_SLURM=1 $(BIN)/python -m pytest -q -m slurm

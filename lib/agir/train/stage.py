@@ -87,6 +87,8 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": False,
     "augment": {"enabled": True, "flip": True, "rotate90": True, "scale": [0.75, 1.25], "color_jitter": 0.2},
     "max_steps_per_epoch": None,
+    "val_every_n_epochs": 1,
+    "max_val_batches": None,
 }
 
 
@@ -239,6 +241,9 @@ def _trainer(tcfg: Mapping[str, Any], model_dir: Path, callbacks: list, progress
             precision=tcfg["precision"],
             gradient_clip_val=tcfg.get("grad_clip") or None,
             limit_train_batches=int(steps) if steps else 1.0,
+            # validation on a CPU can cost more than the training steps: thin it out where asked
+            check_val_every_n_epoch=int(tcfg.get("val_every_n_epochs") or 1),
+            limit_val_batches=int(tcfg["max_val_batches"]) if tcfg.get("max_val_batches") else 1.0,
             callbacks=[*callbacks, *([TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)] if progress else [])],
             plugins=[AtomicCheckpointIO()],
             logger=False,  # metrics.csv is written by EpochHistory, one row per epoch

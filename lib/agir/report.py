@@ -83,21 +83,25 @@ def quality_across_rounds(cfg: Mapping, out: Path) -> list[dict]:
 
 
 def cvat_changes(run: Path, out: Path, cfg: Mapping) -> dict:
-    """Changed-pixel fraction per round (how much people corrected the pre-labels)."""
+    """Per round: frames and shapes sent to CVAT, and the fraction of pixels people changed."""
     plt = _plt()
     rows = []
     root = project_dir(cfg)
     for rnd in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         m = rnd / "cvat" / "metrics.json"
         if m.exists():
-            data = read_json(m).get("download") or {}
-            frac = data.get("changed_pixel_fraction")
-            if frac is None:
-                frac = (data.get("changes") or {}).get("changed_pixel_fraction")
-            rows.append({"round": rnd.name, "changed_pixel_fraction": frac, "frames": data.get("frames"),
-                         "shapes": data.get("shapes")})
+            data = read_json(m)
+            down, up = data.get("download") or {}, data.get("upload") or {}
+            rows.append({"round": rnd.name, "changed_pixel_fraction": down.get("changed_fraction_mean"),
+                         "changed_per_label": down.get("changed_fraction_per_label") or {},
+                         "frames": down.get("frames", up.get("frames")), "shapes_uploaded": up.get("shapes")})
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(rows) + 2), 3))
-    ax.bar([r["round"] for r in rows], [r["changed_pixel_fraction"] or 0 for r in rows], color="#c0504d")
+    xs = list(range(len(rows)))
+    ax.bar(xs, [r["changed_pixel_fraction"] or 0 for r in rows], color="#c0504d")
+    for x, r in zip(xs, rows):
+        v = r["changed_pixel_fraction"] or 0
+        ax.text(x, v, f"{v:.3f}\n{r['frames']} frames, {r['shapes_uploaded']} shapes", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(xs, [r["round"] for r in rows], fontsize=8)
     ax.set_ylabel("changed pixel fraction")
     ax.set_title("how much annotators changed the pre-labels, per round", fontsize=9)
     _save(fig, out)
@@ -124,7 +128,7 @@ def training_pictures(run: Path, report_dir: Path) -> dict:
     plt = _plt()
     metrics = read_json(run / "model" / "metrics.json") if (run / "model" / "metrics.json").exists() else {}
     test = metrics.get("test") or {}
-    per_class = test.get("per_class_iou") or metrics.get("test_per_class_iou") or {}
+    per_class = test.get("per_class_iou") or {}
     fig, ax = plt.subplots(figsize=(6, max(2.5, 0.3 * len(per_class) + 1)))
     _barh(ax, {k: float(v) for k, v in per_class.items() if v is not None}, "test IoU per class", fmt="{:.3f}")
     _save(fig, report_dir / "test_iou.png")
@@ -140,7 +144,7 @@ def training_pictures(run: Path, report_dir: Path) -> dict:
             ax.text(0.5, 0.5, f"no {name} in model/plots", ha="center")
             _save(fig, report_dir / name)
         copied[name] = str(src) if src else None
-    return {"test_per_class_iou": per_class, "test_miou": test.get("miou", metrics.get("test_miou")), **copied}
+    return {"test_per_class_iou": per_class, "test_miou": test.get("mIoU"), **copied}
 
 
 def run_report_stage(cfg: Mapping, run: Path, stages: list[str]) -> dict:

@@ -33,9 +33,7 @@ def _json(path: Path) -> Any:
 def key_numbers(run: Path, stage: str) -> str:
     if stage == "query":
         spec = _json(run / "query" / "query_spec.json") or {}
-        counts = spec.get("counts") or spec
-        got = counts.get("rows_returned", counts.get("returned"))
-        matched = counts.get("rows_matched", counts.get("matched"))
+        got, matched = spec.get("rows_returned"), spec.get("rows_matched")
         return f"{got} records" + (f" of {matched} matched" if matched is not None else "")
     if stage == "infer":
         lines = read_jsonl(run / "infer" / "manifest.jsonl", missing_ok=True)
@@ -52,15 +50,17 @@ def key_numbers(run: Path, stage: str) -> str:
     if stage == "download":
         rec = _json(run / "cvat" / "download.json") or {}
         m = (_json(run / "cvat" / "metrics.json") or {}).get("download") or {}
-        frac = m.get("changed_pixel_fraction")
+        frac = m.get("changed_fraction_mean")
         return f"{len(rec.get('tasks') or [])} task(s)" + (f", changed pixels {frac:.3f}" if frac is not None else "")
     if stage == "preprocess":
         m = _json(run / "dataset" / "metrics.json") or {}
-        return f"{m.get('samples', m.get('tiles', '?'))} samples, {len(m.get('rejects') or [])} rejected"
+        counts = m.get("counts") or {}
+        splits = "/".join(str((counts.get("by_split") or {}).get(k, {}).get("samples", 0)) for k in ("train", "val", "test"))
+        return f"{counts.get('samples', '?')} samples (train/val/test {splits}), {counts.get('rejected', 0)} rejected"
     if stage == "train":
         m = _json(run / "model" / "metrics.json") or {}
-        test = m.get("test") or {}
-        return f"test mIoU {test.get('miou', m.get('test_miou'))}, best epoch {m.get('best_epoch')}"
+        miou = (m.get("test") or {}).get("mIoU")
+        return f"test mIoU {miou:.3f}, best epoch {m.get('best_epoch')}" if miou is not None else "no test score"
     return ""
 
 

@@ -21,14 +21,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from cvat_sdk.api_client import models  # noqa: E402
+from cvat_server.server import CvatTestServer  # noqa: E402
+from cvat_server.synth import CLASS_COLORS, CLASS_NAMES, cvat_config  # noqa: E402
+
 from agir.cvat.shapes import mask_shapes  # noqa: E402
 from agir.cvat.upload import _shape_models, run_upload_stage  # noqa: E402
 from agir.images import write_image  # noqa: E402
 from agir.masks import make_classes, read_mask, write_classes, write_mask  # noqa: E402
 from agir.runs import write_jsonl  # noqa: E402
-from cvat_sdk.api_client import models  # noqa: E402
-from cvat_server.server import CvatTestServer  # noqa: E402
-from cvat_server.synth import CLASS_COLORS, CLASS_NAMES, cvat_config  # noqa: E402
 
 
 def make_run(run: Path, n: int, size: int, seed: int = 0) -> None:

@@ -16,6 +16,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Settings that keep the demo within ~15 minutes on a 2-core CPU: plant-vs-background labels, a
+# small fast network, 384 px tiles. Everything else is config/config.yaml.
+DEMO_SETTINGS = [
+    "classes.mode=binary",
+    "preprocess.tile.size=384",
+    "train.arch=Linknet",
+    "train.encoder=timm-mobilenetv3_small_minimal_100",
+    "train.crop_size=192",
+    "train.batch_size=8",
+    "train.epochs=16",
+    "train.max_steps_per_epoch=20",
+    "train.num_workers=1",
+    "seg_inference.batch_size=8",
+]
+
 
 def sh(cmd: list[str]) -> None:
     print("+ " + " ".join(cmd), flush=True)
@@ -33,6 +48,8 @@ def main() -> int:
     runs = ROOT / "outputs" / "runs" / args.project
     r1, r2 = runs / "round_001", runs / "round_002"
     base = ["-o", f"project.name={args.project}"]
+    for item in DEMO_SETTINGS:
+        base += ["-o", item]
 
     # Round 1: everything up to a trained model (the demo database is generated when missing).
     sh(cli + ["run", "--cores", str(args.cores)] + base + ["-o", "project.subname=round_001"])

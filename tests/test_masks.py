@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from agir import masks
 from agir.errors import AgirError
-from PIL import Image
 
 
 def test_mask_roundtrip_keeps_indices_and_palette(tmp_path):

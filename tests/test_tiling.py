@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from agir.errors import ConfigError
 from agir.tiling import axis_starts, tile_grid
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
 from agir.cvat.decode import coco_rle_to_bitmap, rasterise, rle_counts_from_string
 from agir.cvat.shapes import bbox_exclusive, mask_shapes
 from agir.cvat.stats import frame_change, summarise_changes

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from cvat_server.synth import make_infer_outputs
+
 from agir.cvat.credentials import load_credentials
 from agir.cvat.download import run_download_stage
 from agir.cvat.upload import run_upload_stage
 from agir.errors import AgirError
 from agir.runs import read_json
-from cvat_server.synth import make_infer_outputs
 
 
 def _finish_all(server, run):

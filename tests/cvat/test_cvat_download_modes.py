@@ -6,6 +6,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from cvat_server.synth import make_infer_outputs
+
 from agir.cvat.decode import safe_extract
 from agir.cvat.download import run_download_stage
 from agir.cvat.upload import run_upload_stage
@@ -13,7 +15,6 @@ from agir.errors import AgirError
 from agir.images import read_image
 from agir.masks import read_mask
 from agir.runs import read_json
-from cvat_server.synth import make_infer_outputs
 
 
 def _uploaded_and_edited(server, cfg, run, n=6):

@@ -8,12 +8,13 @@ import time
 import cv2
 import numpy as np
 import pytest
+from cvat_server.synth import make_infer_outputs
+
 from agir.cvat.download import run_download_stage
 from agir.cvat.upload import run_upload_stage
 from agir.errors import AgirError
 from agir.masks import read_classes, read_mask
 from agir.runs import read_json
-from cvat_server.synth import make_infer_outputs
 
 
 def _frame_map(run):

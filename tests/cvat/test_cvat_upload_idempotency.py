@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import agir.cvat.upload as upload_mod
 import numpy as np
 import pytest
+from cvat_server.synth import make_infer_outputs
+
+import agir.cvat.upload as upload_mod
 from agir.cvat.upload import run_upload_stage
 from agir.errors import AgirError
 from agir.masks import read_classes, write_mask
 from agir.runs import read_json
-from cvat_server.synth import make_infer_outputs
 
 TASK_CREATE = r"^/api/tasks/?$"
 

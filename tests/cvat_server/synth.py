@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from agir.images import write_image
 from agir.masks import make_classes, write_classes, write_mask
 from agir.runs import write_jsonl

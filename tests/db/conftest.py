@@ -6,6 +6,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+
 from agir.demo.tables import synthetic_semif, write_duckdb
 
 # A hand-made table whose every value a test relies on is visible here.

@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+
 from agir.db.query import run_query_stage
 from agir.errors import AgirError
 from agir.runs import read_json

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from agir.db.query import run_query_stage
 from agir.demo.tables import write_duckdb
 from agir.errors import AgirError

@@ -11,6 +11,7 @@ import duckdb
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+
 from agir.db.query import run_query_stage
 from agir.db.sources import open_source
 from agir.errors import AgirError

@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+
 from agir.db.query import run_query_stage
 from agir.demo import generate_demo_data, import_examples
 from agir.demo.painter import exg_otsu, iou, paint_bench

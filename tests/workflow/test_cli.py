@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from agir.cli import build_parser, query_flag_overrides
 
 RUN = Path("outputs/runs/tiny/round_001")

@@ -58,5 +58,5 @@ def test_small_loop_runs_on_slurm_with_gpu_rules(slurm_cluster, tiny_demo, tmp_p
     assert pre[pre.index("--mem") + 1] == "8000"
     # local rules never reach sbatch
     for rule in ("query", "evaluate_prelabels", "report_summary"):
-        with pytest.raises(Exception):
+        with pytest.raises(AssertionError, match="expected one sbatch call"):
             sbatch_call_for_rule(out, rule)

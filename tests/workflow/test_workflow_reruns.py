@@ -100,3 +100,27 @@ def test_sharded_inference_scatter_gather(workdir):
     image_ids = {r["image_id"] for r in records}
     assert {line["image_id"] for line in lines} == image_ids
     assert all(line["status"] == "ok" for line in lines)
+
+
+def test_report_collects_pictures_with_captions(built_copy):
+    run_snakemake(built_copy, "--report", "report.html")
+    html = (built_copy / "report.html").read_text(errors="replace")
+    for name in ("query_summary.png", "prelabel_quality.png", "dataset_stats.png", "training_curves.png",
+                 "test_iou.png", "test_predictions.png", "quality_gallery.png"):
+        assert name in html, name
+    assert "Pre-label quality per round" in html
+    summary = json.loads((built_copy / RUN / "report" / "summary.json").read_text())
+    assert summary["query"]["records"] > 0 and summary["train"]["test_miou"] is not None
+
+
+def test_status_reports_each_stage(built_copy):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "agir.cli", "status", "--config", "config.yaml"], cwd=built_copy,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split()[0]: ln for ln in proc.stdout.splitlines() if ln.startswith("  ")}
+    assert "done" in lines["query"] and "records" in lines["query"]
+    assert "done" in lines["train"] and "test mIoU" in lines["train"]
+    assert "-" in lines["upload"].split()[1]

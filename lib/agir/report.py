@@ -43,6 +43,13 @@ def _barh(ax, counts: Mapping[str, float], title: str, fmt: str = "{:g}") -> Non
     ax.tick_params(labelsize=7)
 
 
+def rounds_with(cfg: Mapping, rel: str) -> list[tuple[Path, dict]]:
+    """(round folder, parsed JSON) for every round of the project that has the file `rel`."""
+    root = project_dir(cfg)
+    rounds = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [(rnd, read_json(rnd / rel)) for rnd in rounds if (rnd / rel).exists()]
+
+
 def query_summary(run: Path, out: Path) -> dict:
     plt = _plt()
     records = read_json(run / "query" / "query.json") if (run / "query" / "query.json").exists() else []
@@ -59,13 +66,9 @@ def quality_across_rounds(cfg: Mapping, out: Path) -> list[dict]:
     """Pre-label quality of every round of the project that has infer/quality.json."""
     plt = _plt()
     rows = []
-    root = project_dir(cfg)
-    for rnd in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        q = rnd / "infer" / "quality.json"
-        if q.exists():
-            data = read_json(q)
-            rows.append({"round": rnd.name, "model": data.get("model"), "binary_iou": data.get("binary_iou_mean"),
-                         "class_miou": data.get("class_miou"), "images": data.get("images_evaluated")})
+    for rnd, data in rounds_with(cfg, "infer/quality.json"):
+        rows.append({"round": rnd.name, "model": data.get("model"), "binary_iou": data.get("binary_iou_mean"),
+                     "class_miou": data.get("class_miou"), "images": data.get("images_evaluated")})
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) + 2), 3.2))
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["binary_iou"] or 0 for r in rows], 0.4, label="plant vs background IoU")
@@ -86,15 +89,11 @@ def cvat_changes(run: Path, out: Path, cfg: Mapping) -> dict:
     """Per round: frames and shapes sent to CVAT, and the fraction of pixels people changed."""
     plt = _plt()
     rows = []
-    root = project_dir(cfg)
-    for rnd in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        m = rnd / "cvat" / "metrics.json"
-        if m.exists():
-            data = read_json(m)
-            down, up = data.get("download") or {}, data.get("upload") or {}
-            rows.append({"round": rnd.name, "changed_pixel_fraction": down.get("changed_fraction_mean"),
-                         "changed_per_label": down.get("changed_fraction_per_label") or {},
-                         "frames": down.get("frames", up.get("frames")), "shapes_uploaded": up.get("shapes")})
+    for rnd, data in rounds_with(cfg, "cvat/metrics.json"):
+        down, up = data.get("download") or {}, data.get("upload") or {}
+        rows.append({"round": rnd.name, "changed_pixel_fraction": down.get("changed_fraction_mean"),
+                     "changed_per_label": down.get("changed_fraction_per_label") or {},
+                     "frames": down.get("frames", up.get("frames")), "shapes_uploaded": up.get("shapes")})
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(rows) + 2), 3))
     xs = list(range(len(rows)))
     ax.bar(xs, [r["changed_pixel_fraction"] or 0 for r in rows], color="#c0504d")

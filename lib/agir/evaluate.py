@@ -210,7 +210,8 @@ def run_evaluate_stage(cfg: Mapping, run: Path) -> dict:
     import io
 
     result, gallery = evaluate_run(cfg, run)
-    label = result["model"] or "?"
+    model = result["model"]
+    label = f"{model.get('arch')}/{model.get('encoder')}" if isinstance(model, dict) else (model or "vegetation index")
     title = (
         f"{result['round']}: pre-labels ({label}) vs database masks — "
         f"binary IoU {result['binary_iou_mean']}, class mIoU {result['class_miou']}"

@@ -67,7 +67,9 @@ def quality_across_rounds(cfg: Mapping, out: Path) -> list[dict]:
     plt = _plt()
     rows = []
     for rnd, data in rounds_with(cfg, "infer/quality.json"):
-        rows.append({"round": rnd.name, "model": data.get("model"), "binary_iou": data.get("binary_iou_mean"),
+        model = data.get("model")
+        model = f"{model.get('arch')}/{model.get('encoder')}" if isinstance(model, dict) else (model or "vegetation index")
+        rows.append({"round": rnd.name, "model": model, "binary_iou": data.get("binary_iou_mean"),
                      "class_miou": data.get("class_miou"), "images": data.get("images_evaluated")})
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) + 2), 3.2))
     xs = range(len(rows))

@@ -202,7 +202,6 @@ class ModelBackend(Backend):
     name = "model"
 
     def __init__(self, sc: Mapping, post: Mapping):
-        import torch
 
         from agir.checkpoint import checkpoint_fingerprint, load_checkpoint, model_from_checkpoint
         from agir.infer.predictor import TiledPredictor, resolve_device
@@ -244,7 +243,8 @@ class ModelBackend(Backend):
             device=dev,
             threshold=self.settings["threshold"],
         )
-        torch.set_grad_enabled(False)
+        # no global torch.set_grad_enabled(False): the predictor runs under inference_mode, and a
+        # process-wide switch would leak into whatever runs next (training, tests)
 
     def fingerprint_info(self) -> dict:
         return {"backend": self.name, "model": self.ckpt_info["fingerprint"], **self.settings}

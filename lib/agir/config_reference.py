@@ -42,10 +42,11 @@ def rows(schema: Mapping, root: Mapping | None = None, prefix: str = "") -> list
     schema = _resolve(schema, root)
     out = []
     for key, sub in schema.get("properties", {}).items():
+        own_desc = sub.get("description")  # a description beside a $ref wins over the referenced one
         sub = _resolve(sub, root)
         dotted = f"{prefix}{key}"
         default = json.dumps(sub["default"]) if "default" in sub else ""
-        desc = str(sub.get("description", "")).replace("|", "\\|")
+        desc = str(own_desc or sub.get("description", "")).replace("|", "\\|")
         if "properties" in sub:
             out.append(f"| **`{dotted}`** | section | | {desc} |")
             out.extend(rows(sub, root, dotted + "."))

@@ -76,6 +76,14 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(fh)
 
 
+def read_json_or(path: str | os.PathLike, default: Any = None) -> Any:
+    """Parsed JSON, or `default` when the file is missing or unreadable (for displays and optional inputs)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return default
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
     with atomic_write(path, "w") as fh:
         for rec in records:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agir.config import overrides_as_tree, resolve_run_config, workflow_root
-from agir.runs import project_dir, read_json, read_jsonl, write_yaml
+from agir.runs import project_dir, read_json_or, read_jsonl, write_yaml
 
 # stage -> (output inside the run folder, rule names that build it, log name)
 STAGE_OUTPUTS = {
@@ -23,42 +23,35 @@ STAGE_OUTPUTS = {
 }
 
 
-def _json(path: Path) -> Any:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
 def key_numbers(run: Path, stage: str) -> str:
     if stage == "query":
-        spec = _json(run / "query" / "query_spec.json") or {}
+        spec = read_json_or(run / "query" / "query_spec.json") or {}
         got, matched = spec.get("rows_returned"), spec.get("rows_matched")
         return f"{got} records" + (f" of {matched} matched" if matched is not None else "")
     if stage == "infer":
         lines = read_jsonl(run / "infer" / "manifest.jsonl", missing_ok=True)
         ok = sum(1 for line in lines if line.get("status") == "ok")
         failed = sum(1 for line in lines if line.get("status") == "failed")
-        q = _json(run / "infer" / "quality.json") or {}
+        q = read_json_or(run / "infer" / "quality.json") or {}
         extra = f", pre-label IoU {q['binary_iou_mean']}" if q.get("binary_iou_mean") is not None else ""
         return f"{ok} ok, {failed} failed{extra}"
     if stage == "upload":
-        rec = _json(run / "cvat" / "upload.json") or {}
+        rec = read_json_or(run / "cvat" / "upload.json") or {}
         tasks = rec.get("tasks") or []
         frames = sum(len(t.get("frames", [])) for t in tasks if isinstance(t, Mapping))
         return f"{len(tasks)} task(s), {frames} frames"
     if stage == "download":
-        rec = _json(run / "cvat" / "download.json") or {}
-        m = (_json(run / "cvat" / "metrics.json") or {}).get("download") or {}
+        rec = read_json_or(run / "cvat" / "download.json") or {}
+        m = (read_json_or(run / "cvat" / "metrics.json") or {}).get("download") or {}
         frac = m.get("changed_fraction_mean")
         return f"{len(rec.get('tasks') or [])} task(s)" + (f", changed pixels {frac:.3f}" if frac is not None else "")
     if stage == "preprocess":
-        m = _json(run / "dataset" / "metrics.json") or {}
+        m = read_json_or(run / "dataset" / "metrics.json") or {}
         counts = m.get("counts") or {}
         splits = "/".join(str((counts.get("by_split") or {}).get(k, {}).get("samples", 0)) for k in ("train", "val", "test"))
         return f"{counts.get('samples', '?')} samples (train/val/test {splits}), {counts.get('rejected', 0)} rejected"
     if stage == "train":
-        m = _json(run / "model" / "metrics.json") or {}
+        m = read_json_or(run / "model" / "metrics.json") or {}
         miou = (m.get("test") or {}).get("mIoU")
         return f"test mIoU {miou:.3f}, best epoch {m.get('best_epoch')}" if miou is not None else "no test score"
     return ""

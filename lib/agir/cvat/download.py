@@ -8,7 +8,6 @@ write anything, so a pending round leaves no half-written annotations. A task wh
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -281,10 +280,7 @@ def _write_image(session: CvatSession, run: Path, task_id: int, frame: int, rid:
     src = run / "infer" / "images" / f"{rid}.jpg"
     if ours and src.exists():
         # the exact pixels that were uploaded (CVAT's stored copy is re-encoded)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        write_bytes(dest, src.read_bytes())
         return
     data = session.call(
         f"download frame {frame} of task {task_id}", session.api.tasks_api.retrieve_data, task_id, type="frame", number=frame, quality="original"

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from agir.checkpoint import FORMAT, VERSION, save_checkpoint
 from agir.errors import AgirError
 from agir.logs import get_logger
-from agir.runs import atomic_write, read_json, write_json, write_text
+from agir.runs import atomic_write, read_json_or, write_json, write_text
 from agir.train.augment import denormalize
 from agir.train.datamodule import (
     DatasetInfo,
@@ -172,7 +172,7 @@ def dataset_geometry(info: DatasetInfo) -> dict[str, Any]:
     Read from `stats.json` or `dataset/metrics.json` (`geometry`); without either, the first
     sample's size stands in for the tile size and the overlap is left to inference's setting.
     """
-    for source in (info.stats, _json_or_empty(info.root / "metrics.json")):
+    for source in (info.stats, read_json_or(info.root / "metrics.json", {})):
         geom = source.get("geometry") if isinstance(source, Mapping) else None
         if isinstance(geom, Mapping) and geom.get("size"):
             return {"mode": geom.get("mode", "tile"), "size": int(geom["size"]), "overlap": geom.get("overlap")}
@@ -182,13 +182,6 @@ def dataset_geometry(info: DatasetInfo) -> dict[str, Any]:
     w, h = image_size(info.root / row["image"])
     log.warning("dataset has no recorded geometry; using the first sample's size %dx%d as the tile size", w, h)
     return {"mode": "tile", "size": int(max(w, h)), "overlap": None}
-
-
-def _json_or_empty(path: Path) -> dict:
-    try:
-        return read_json(path) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def training_fingerprint(tcfg: Mapping[str, Any], info: DatasetInfo) -> str:

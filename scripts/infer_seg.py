@@ -2,14 +2,16 @@
 import os
 
 from agir.infer.stage import run_infer_stage
-from agir.rule import run_rule
+from agir.rule import resolved_infer_config, run_rule, selected_ids
 
 shard = snakemake.wildcards.get("shard")
 run_rule(
     snakemake,
     run_infer_stage,
     sections=["classes", "seg_inference"],
+    cfg=resolved_infer_config(snakemake),
     shard_index=None if shard is None else int(shard),
     shard_count=int(snakemake.params.get("shard_count", 1)),
     force=os.environ.get("AGIR_FORCE") == "1",
+    **selected_ids(snakemake),
 )

@@ -1,4 +1,4 @@
-"""Rule `preprocess`: labelled rounds -> dataset/ (tiles, grouped split, stats)."""
+"""Rule `preprocess_dataset`: labelled rounds -> dataset/ (tiles, grouped split, stats)."""
 from agir.data.preprocess import run_preprocess_stage
 from agir.rule import run_rule
 

@@ -1,4 +1,4 @@
-"""Rule `query`: select records from the database -> query/query.json."""
+"""Rule `query_db`: select records from the database -> query/query.json."""
 from agir.db.query import run_query_stage
 from agir.rule import run_rule
 

@@ -1,4 +1,4 @@
-"""Rule `train`: dataset/ -> model/best.pth, curves and test metrics."""
+"""Rule `train_model`: dataset/ -> model/best.pth, curves and test metrics."""
 from agir.rule import run_rule
 from agir.train.stage import run_train_stage
 

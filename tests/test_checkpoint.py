@@ -113,3 +113,132 @@ def test_fingerprint_changes_with_content(tmp_path):
     assert fa == checkpoint_fingerprint(tmp_path / "a.pth")
     _save(tmp_path / "b.pth", classes=("x", "y"))
     assert checkpoint_fingerprint(tmp_path / "b.pth") != fa
+
+
+# ---------------------------------------------------------------- bring your own model (issue 10 §3)
+TINY = dict(arch="Linknet", encoder_name="timm-mobilenetv3_small_minimal_100")
+
+
+def _old_tool_ckpt(tmp_path, num_classes=3):
+    """A checkpoint made the old tool's way: smp model as `self.model` of a LightningModule, real Trainer."""
+    import lightning as L
+    import segmentation_models_pytorch as smp
+
+    class OldSegModule(L.LightningModule):
+        def __init__(self, arch, encoder_name, num_classes, in_channels=3, lr=1e-3):
+            super().__init__()
+            self.save_hyperparameters()
+            self.model = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=None,
+                                          in_channels=in_channels, classes=num_classes)
+            # a tensor outside the network: must be dropped, not reported as unexpected
+            self.loss = torch.nn.CrossEntropyLoss(weight=torch.ones(max(2, num_classes)))
+
+        def forward(self, x):
+            return self.model(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            out = self(x)
+            if out.shape[1] == 1:
+                return torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], y.float())
+            return self.loss(out, y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(2, 3, 64, 64), torch.randint(0, max(2, num_classes), (2, 64, 64)).clamp(max=max(1, num_classes - 1)))
+    module = OldSegModule(num_classes=num_classes, **TINY)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", default_root_dir=tmp_path, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    return module.model.eval(), path
+
+
+DESCRIBE = {"ckpt_path": "ignored", **TINY, "num_classes": 3, "in_channels": 3,
+            "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+
+
+@pytest.mark.slow
+def test_old_tool_lightning_ckpt_loads_when_described(tmp_path):
+    model, path = _old_tool_ckpt(tmp_path)
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    assert any(k.startswith("model.") for k in raw["state_dict"]) and "loss.weight" in raw["state_dict"]
+    ckpt = load_checkpoint(path, describe=DESCRIBE, class_names=["barley", "maize"])
+    assert ckpt["classes"] == ["barley", "maize"] and ckpt["head"] == "softmax"
+    assert ckpt["arch"] == "Linknet" and ckpt["normalization"]["std"] == [0.25] * 3
+    assert not any(k.startswith("model.") for k in ckpt["state_dict"]) and "loss.weight" not in ckpt["state_dict"]
+    again = model_from_checkpoint(ckpt)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    # the old module saved arch/encoder_name/num_classes as hyper-parameters: enough without config
+    assert load_checkpoint(path, class_names=["barley", "maize"])["encoder"] == TINY["encoder_name"]
+    # class names including background are accepted as K+1 names
+    assert load_checkpoint(path, DESCRIBE, ["background", "barley", "maize"])["classes"] == ["barley", "maize"]
+
+
+@pytest.mark.slow
+def test_old_tool_ckpt_with_wrong_description_names_the_keys(tmp_path):
+    _, path = _old_tool_ckpt(tmp_path)
+    with pytest.raises(AgirError, match=r"num_classes=3 .*2 class names|does not match 3 class names"):
+        load_checkpoint(path, DESCRIBE, ["a", "b", "c"])
+    wrong_k = load_checkpoint(path, {**DESCRIBE, "num_classes": 4}, ["a", "b", "c"])
+    with pytest.raises(AgirError, match=r"shape mismatch.*segmentation_head\.0\.weight \(3, .*\) vs \(4, ") as err:
+        model_from_checkpoint(wrong_k)
+    assert "\n" not in str(err.value)
+    wrong_arch = load_checkpoint(path, {**DESCRIBE, "arch": "Unet"}, ["a", "b"])
+    with pytest.raises(AgirError, match=r"missing key\(s\): .*unexpected key\(s\): ") as err:
+        model_from_checkpoint(wrong_arch)
+    assert "\n" not in str(err.value) and "more)" in str(err.value)
+
+
+def test_bare_state_dict_binary_model(tmp_path):
+    torch.manual_seed(1)
+    model = build_model(TINY["arch"], TINY["encoder_name"], 3, 1).eval()
+    torch.save(model.state_dict(), tmp_path / "bin.pth")
+    describe = {**TINY, "num_classes": 1, "in_channels": 3, "normalization": "imagenet"}
+    ckpt = load_checkpoint(tmp_path / "bin.pth", describe)
+    assert ckpt["head"] == "sigmoid" and ckpt["classes"] == ["plant"]
+    assert ckpt["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert ckpt["input"] == {"tile_size": None, "overlap": None}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), model_from_checkpoint(ckpt)(x))
+    with pytest.raises(AgirError, match="binary .* 2 class names"):
+        load_checkpoint(tmp_path / "bin.pth", describe, ["a", "b"])
+    # num_classes left null: read from the segmentation head
+    assert load_checkpoint(tmp_path / "bin.pth", {**describe, "num_classes": None})["head"] == "sigmoid"
+    with pytest.raises(AgirError, match=r"normalization='lab' unknown"):
+        load_checkpoint(tmp_path / "bin.pth", {**describe, "normalization": "lab"})
+
+
+def test_undescribed_foreign_checkpoint_says_which_keys_to_set(tmp_path):
+    model = build_model(TINY["arch"], TINY["encoder_name"], 3, 3)
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    with pytest.raises(AgirError, match=r"seg_inference\.model\.arch, encoder_name"):
+        load_checkpoint(tmp_path / "sd.pth")
+    with pytest.raises(AgirError, match="needs 2 class names"):
+        load_checkpoint(tmp_path / "sd.pth", {**TINY, "num_classes": 3})
+    with pytest.raises(AgirError, match=r"needs seg_inference\.model\.encoder_name"):
+        load_checkpoint(tmp_path / "sd.pth", {"arch": "Linknet"}, ["a", "b"])
+
+
+def test_described_checkpoint_still_refuses_code(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(AgirError, match="refused to load"):
+        load_checkpoint(tmp_path / "evil.ckpt", DESCRIBE, ["a", "b"])
+
+
+def test_lightning_attributedict_hparams_are_allowed(tmp_path):
+    from lightning.fabric.utilities.data import AttributeDict
+
+    model = build_model(TINY["arch"], TINY["encoder_name"], 3, 3)
+    hp = AttributeDict(arch=TINY["arch"], encoder_name=TINY["encoder_name"], num_classes=3)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hp},
+               tmp_path / "hp.ckpt")
+    ckpt = load_checkpoint(tmp_path / "hp.ckpt", class_names=["a", "b"])
+    assert ckpt["arch"] == "Linknet" and ckpt["classes"] == ["a", "b"]
+    model_from_checkpoint(ckpt)

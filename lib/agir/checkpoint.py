@@ -8,7 +8,16 @@ channel 0 = background; head "sigmoid" has one output (binary, K = 1).
 
 A Lightning `.ckpt` is accepted too when `hyper_parameters["agir"]` holds the same metadata
 (everything above except `state_dict`) and the model's weights are under the `model.` prefix.
-Nothing is ever unpickled beyond tensors and plain containers: anything else is refused.
+
+Models trained with the old tool (bring your own model): a Lightning `.ckpt` whose `state_dict`
+keys start with `model.` (other modules' keys, e.g. a loss's weights, are dropped), or a bare
+`state_dict` `.pth`, loads when config describes it (`seg_inference.model.arch`, `encoder_name`,
+`num_classes` = model outputs, `in_channels`, `normalization`); the class names come from the
+caller (`classes.names` or the query). Hyper-parameters the old `.ckpt` saved under the same names
+fill what config leaves null. One output means a binary sigmoid model (class "plant").
+
+Nothing is ever unpickled beyond tensors, plain containers and Lightning's AttributeDict (a plain
+dict subclass its hparams use): anything else is refused, so no code runs while loading.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Any
 import torch
 
 from agir.errors import AgirError
+from agir.masks import BINARY_CLASS
 from agir.runs import atomic_write, dumps_json
 
 FORMAT = "agir-seg"
@@ -148,8 +158,159 @@ def _check_meta(meta: Mapping[str, Any], path: Path) -> None:
         raise AgirError(f"{path}: normalization.mean must have in_channels={meta['in_channels']} values")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a best.pth or a Lightning .ckpt into the best.pth dict form (state_dict keys unprefixed)."""
+# Normalisations the old tool could name instead of listing mean/std (0-1 scale).
+NAMED_NORMALIZATIONS = {
+    "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "none": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},  # x / 255 only
+}
+DESCRIBE_KEYS = ("arch", "encoder_name", "num_classes", "in_channels", "normalization")
+# old-tool hyper-parameter names that mean the same as a describe key
+HPARAM_ALIASES = {"arch": ("arch",), "encoder_name": ("encoder_name", "encoder"),
+                  "num_classes": ("num_classes", "classes", "out_classes"), "in_channels": ("in_channels",),
+                  "normalization": ("normalization",)}
+STRIP_PREFIXES = ("model.", "module.")
+
+
+def _describe_from(describe: Mapping[str, Any] | None, hparams: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Config's description over the old checkpoint's own hyper-parameters (config wins where set)."""
+    out: dict[str, Any] = {}
+    for key, aliases in HPARAM_ALIASES.items():
+        for alias in aliases:
+            value = (hparams or {}).get(alias)
+            if value is not None and not (alias == "classes" and not isinstance(value, int)):
+                out[key] = value
+                break
+    for key in DESCRIBE_KEYS:
+        if describe is not None and describe.get(key) is not None:
+            out[key] = describe[key]
+    return out
+
+
+def _normalization(value: Any, in_channels: int, path: Path) -> dict[str, list[float]]:
+    where = f"{path}: seg_inference.model.normalization"
+    if value is None:
+        value = "imagenet"  # what smp encoders (and the old tool's pretrained models) expect
+    if isinstance(value, str):
+        named = NAMED_NORMALIZATIONS.get(value.strip().lower())
+        if named is None:
+            raise AgirError(f"{where}={value!r} unknown; use {' or '.join(NAMED_NORMALIZATIONS)} or {{mean: [...], std: [...]}}")
+        value = named
+    if not isinstance(value, Mapping) or "mean" not in value or "std" not in value:
+        raise AgirError(f"{where} must be a name ({', '.join(NAMED_NORMALIZATIONS)}) or {{mean: [...], std: [...]}}")
+    mean, std = [float(v) for v in value["mean"]], [float(v) for v in value["std"]]
+    if len(mean) != in_channels or len(std) != in_channels or any(s <= 0 for s in std):
+        raise AgirError(f"{where}: need {in_channels} mean and {in_channels} positive std values (one per channel)")
+    return {"mean": mean, "std": std}
+
+
+def _tensor_state(obj: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The weights in a loaded file: its `state_dict` (Lightning) or the file itself (bare state_dict)."""
+    for cand in (obj.get("state_dict"), obj):
+        if isinstance(cand, Mapping) and cand and all(isinstance(v, torch.Tensor) for v in cand.values()):
+            return dict(cand)
+    return None
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep the network's weights without its attribute prefix (`model.` for the old LightningModule)."""
+    for prefix in STRIP_PREFIXES:
+        inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if inner:
+            return inner  # other attributes' tensors (a loss's class weights, metrics) are not the network
+    return dict(state)
+
+
+def _foreign(obj: Mapping[str, Any], path: Path, describe: Mapping[str, Any] | None,
+             class_names: Sequence[str] | None) -> dict:
+    """An old-tool Lightning .ckpt or bare state_dict, described by config -> the agir-seg dict."""
+    state = _tensor_state(obj)
+    hparams = obj.get("hyper_parameters") if isinstance(obj.get("hyper_parameters"), Mapping) else None
+    desc = _describe_from(describe, hparams)
+    if state is None:
+        raise AgirError(
+            f"{path}: not an agir-seg checkpoint, a Lightning .ckpt or a state_dict (no tensors under 'state_dict' "
+            "or at the top level); use a best.pth from agir's train stage or the old tool's .ckpt/.pth"
+        )
+    missing = [k for k in ("arch", "encoder_name") if not desc.get(k)]
+    if missing:
+        raise AgirError(
+            f"{path}: a checkpoint without agir metadata needs seg_inference.model.{' and '.join(missing)} "
+            "(with num_classes, in_channels, normalization) to describe the network"
+        )
+    state = _strip_prefix(state)
+    in_channels = int(desc.get("in_channels") or 3)
+    num_out = desc.get("num_classes")
+    if num_out is None:
+        head_w = state.get("segmentation_head.0.weight")
+        if head_w is None:
+            raise AgirError(f"{path}: set seg_inference.model.num_classes (the model's output channels)")
+        num_out = int(head_w.shape[0])  # smp's segmentation head says how many outputs it has
+    num_out = int(num_out)
+    if num_out < 1:
+        raise AgirError(f"{path}: seg_inference.model.num_classes={num_out} must be >= 1")
+    names = [str(c) for c in (class_names or [])]
+    if num_out == 1:
+        head = "sigmoid"
+        if len(names) > 1:
+            raise AgirError(
+                f"{path}: num_classes=1 is a binary (sigmoid) model but {len(names)} class names were given "
+                f"({', '.join(names[:4])}); use classes.mode binary or a multi-class checkpoint"
+            )
+        classes = names or [BINARY_CLASS]
+    else:
+        head = "softmax"
+        if names and len(names) == num_out and names[0].lower() in ("background", "bg", "soil"):
+            names = names[1:]
+        if not names:
+            raise AgirError(
+                f"{path}: a {num_out}-output model needs {num_out - 1} class names (channel 0 = background); "
+                "set classes.names in config"
+            )
+        if len(names) != num_out - 1:
+            raise AgirError(
+                f"{path}: num_classes={num_out} (background + {num_out - 1}) does not match {len(names)} class "
+                f"names ({', '.join(names[:6])}); fix seg_inference.model.num_classes or classes.names"
+            )
+        classes = names
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": str(desc["arch"]),
+        "encoder": str(desc["encoder_name"]),
+        "in_channels": in_channels,
+        "classes": classes,
+        "head": head,
+        "normalization": _normalization(desc.get("normalization"), in_channels, path),
+        "input": {"tile_size": None, "overlap": None},
+        "state_dict": state,
+        "metrics": {},
+        "config": {"source": "described", "describe": _plain({k: desc.get(k) for k in DESCRIBE_KEYS})},
+    }
+
+
+def _self_described(obj: Mapping[str, Any]) -> bool:
+    """An old-tool .ckpt whose hyper-parameters name the architecture describes itself."""
+    hparams = obj.get("hyper_parameters")
+    return isinstance(hparams, Mapping) and bool(_describe_from(None, hparams).get("arch")) and (
+        _tensor_state(obj) is not None
+    )
+
+
+def _is_described(describe: Mapping[str, Any] | None) -> bool:
+    return describe is not None and any(describe.get(k) is not None for k in DESCRIBE_KEYS)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    describe: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict:
+    """Read a checkpoint into the best.pth dict form (state_dict keys unprefixed).
+
+    agir's own best.pth and Lightning .ckpt carry their description; any other `.ckpt`/`.pth`
+    (the old tool's) needs `describe` (seg_inference.model: arch, encoder_name, num_classes,
+    in_channels, normalization) and `class_names` for multi-class models.
+    """
     path = Path(path)
     if not path.is_file():
         raise AgirError(f"{path}: checkpoint not found; set seg_inference.model.ckpt_path to a best.pth or .ckpt")
@@ -169,10 +330,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         if not state:
             raise AgirError(f"{path}: Lightning checkpoint has no 'model.'-prefixed weights; the LightningModule must hold the network as self.model")
         out = {"format": FORMAT, "version": VERSION, "metrics": {}, "config": {}, **meta, "state_dict": state}
+    elif _is_described(describe) or _self_described(obj):
+        out = _foreign(obj, path, describe, class_names)
     else:
         raise AgirError(
-            f"{path}: not an agir-seg checkpoint (no format='{FORMAT}' and no hyper_parameters['agir']); "
-            "use a best.pth from agir's train stage"
+            f"{path}: not an agir-seg checkpoint (no format='{FORMAT}' and no hyper_parameters['agir']); use a "
+            "best.pth from agir's train stage, or describe an old-tool model with seg_inference.model.arch, "
+            "encoder_name, num_classes, in_channels and normalization"
         )
     _check_meta(out, path)
     out.setdefault("metrics", {})
@@ -181,13 +345,44 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return out
 
 
+def _few(keys: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(list(keys)[:n])
+    return shown + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """One line naming a few missing/unexpected keys and shape mismatches, or None when the weights fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (file vs model): {_few(shapes, 2)}")
+    return "; ".join(parts) or None
+
+
 def model_from_checkpoint(ckpt: Mapping[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the network described by a loaded checkpoint dict, load its weights, eval mode."""
     model = build_model(ckpt["arch"], ckpt["encoder"], ckpt["in_channels"], num_outputs_for(ckpt["classes"], ckpt["head"]))
+    where = ckpt.get("path", "checkpoint")
+    problem = state_dict_mismatch(model, ckpt["state_dict"])
+    if problem:
+        raise AgirError(
+            f"{where}: weights do not fit {ckpt['arch']}/{ckpt['encoder']} with {num_outputs_for(ckpt['classes'], ckpt['head'])} "
+            f"output(s): {problem}; check seg_inference.model.arch/encoder_name/num_classes/in_channels"
+        )
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
-        where = ckpt.get("path", "checkpoint")
         first = str(exc).strip().splitlines()[0]
         raise AgirError(f"{where}: weights do not fit {ckpt['arch']}/{ckpt['encoder']} ({first}); the file's metadata and weights disagree") from exc
     return model.to(device).eval()

@@ -7,8 +7,11 @@ Snakemake on that stage's target output, so missing or stale upstream stages run
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +21,13 @@ from agir.errors import AgirError
 
 # command -> (target output inside the run folder, Snakemake rule to force with --force)
 STAGES: dict[str, tuple[str, str]] = {
-    "query": ("query/query.json", "query"),
+    "query": ("query/query.json", "query_db"),
     "infer-seg": ("infer/manifest.jsonl", "infer_seg"),
+    "select": ("select/selection.json", "select_images"),
     "upload-cvat": ("cvat/upload.json", "upload_cvat"),
     "download-cvat": ("cvat/download.json", "download_cvat"),
-    "preprocess": ("dataset/index.csv", "preprocess"),
-    "train": ("model/best.pth", "train"),
+    "preprocess": ("dataset/index.csv", "preprocess_dataset"),
+    "train": ("model/best.pth", "train_model"),
 }
 
 QUERY_FLAGS = {
@@ -74,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("infer-seg", help="pre-label masks with a model or the vegetation index -> infer/")
     i.add_argument("--force", action="store_true", help="redo every record")
     _common(i)
+    _common(sub.add_parser("select", help="pick the images people annotate (select.strategy) -> select/"))
     _common(sub.add_parser("upload-cvat", help="send images + pre-labels to CVAT -> cvat/upload.json"))
     d = sub.add_parser("download-cvat", help="fetch refined masks from CVAT -> cvat/annotations/")
     d.add_argument("--refresh", action="store_true", help="download even when the server shows no change")
@@ -82,9 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("train", help="train a segmentation model -> model/best.pth"))
     _common(sub.add_parser("run", help="run the whole configured loop (Snakemake target all)"))
 
-    st = sub.add_parser("status", help="each round's stages: done / stale / waiting for CVAT / failed")
+    st = sub.add_parser("status", help="every project's rounds: done / stale / waiting for CVAT / failed")
     st.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     st.add_argument("--config", metavar="FILE")
+    st.add_argument("--project", help="only this project (default: every project under io.out_root)")
+
+    ov = sub.add_parser("overrides", help="show (or --clear) the settings saved for a run (overrides.yaml)")
+    ov.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="which run, e.g. -o project.subname=round_002")
+    ov.add_argument("--config", metavar="FILE")
+    ov.add_argument("--clear", action="store_true", help="forget every saved setting of the run")
+
+    sim = sub.add_parser("simulate", help="measure what active selection buys with a simulated annotator")
+    sim.add_argument("sim_args", nargs=argparse.REMAINDER, help="arguments of benchmarks/al_bench.py (see --help)")
 
     dd = sub.add_parser("demo-data", help="generate the embedded demo database and images")
     dd.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
@@ -114,71 +129,195 @@ def query_flag_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def snakemake_command(args: argparse.Namespace, config_file: Path, overrides_file: Path | None,
-                      targets: list[str], force_rule: str | None = None) -> list[str]:
+def snakemake_command(args: argparse.Namespace, config_file: Path | None, targets: list[str],
+                      force_rule: str | None = None) -> list[str]:
     from agir.config import workflow_root
 
     root = workflow_root()
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile")]
-    cmd += ["--configfile", str(config_file)] + ([str(overrides_file)] if overrides_file else [])
+    # options that take several values are written --opt=VALUE, so nothing after them is read as theirs
+    if config_file is not None:
+        cmd.append(f"--configfile={config_file}")
     if args.profile:
-        cmd += ["--profile", args.profile]
+        cmd.append(f"--profile={args.profile}")
     elif (root / "profiles" / "default").is_dir():
-        cmd += ["--workflow-profile", str(root / "profiles" / "default")]
+        cmd.append(f"--workflow-profile={root / 'profiles' / 'default'}")
     if args.cores is not None:
-        cmd += ["--cores", str(args.cores)]
+        cmd.append(f"--cores={args.cores}")
     elif not args.profile:
-        cmd += ["--cores", "all"]
+        cmd.append("--cores=all")
     if args.dry_run:
         cmd.append("--dry-run")
     if force_rule:
-        cmd += ["--forcerun", force_rule]
-    # targets before the extra arguments: options such as `--quiet rules` take several values
+        cmd.append(f"--forcerun={force_rule}")
     cmd += targets
     cmd += list(args.snakemake_args or [])
     return cmd
 
 
-def run_stage(args: argparse.Namespace) -> int:
-    from agir.config import default_config_path, overrides_as_tree, persist_overrides, resolve_run_config
-    from agir.runs import write_yaml
+def _die_with_parent() -> None:
+    """Snakemake ends (SIGTERM: it stops its jobs and unlocks) when this CLI is killed, even with -9."""
+    try:
+        import ctypes
 
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stage_overrides(args: argparse.Namespace) -> tuple[list[str], tuple[str, ...]]:
+    """The command's overrides and the saved keys they replace (query flags replace earlier query flags)."""
     overrides = list(args.override)
+    replace: tuple[str, ...] = ()
     if args.command == "query":
-        overrides = query_flag_overrides(args) + overrides
-    cfg, run, accumulated = resolve_run_config(args.config, overrides)
-    config_file = Path(args.config) if args.config else default_config_path()
-    overrides_file = None
-    if accumulated and not args.dry_run:
-        overrides_file = persist_overrides(run, accumulated)
-    elif accumulated:
-        # a dry run must not change the run's persisted state: use a temporary copy
-        import tempfile
+        flags = query_flag_overrides(args)
+        if flags:
+            replace = tuple(QUERY_FLAGS.values())
+        overrides = flags + overrides
+    return overrides, replace
 
-        overrides_file = Path(tempfile.mkdtemp(prefix="agir-")) / "overrides.yaml"
-        write_yaml(overrides_file, overrides_as_tree(accumulated))
+
+def precheck(cfg: dict, command: str, accumulated: dict) -> None:
+    """Errors Snakemake would only meet after deleting a stage's outputs: check them first."""
+    if command == "query" or any(k.startswith(("query.", "db.")) for k in accumulated):
+        from agir.db import query as dbq
+
+        check = getattr(dbq, "check_query_config", None)
+        if check is not None and Path(str(cfg["db"][cfg["query"]["db"]]["path"])).exists():
+            check(cfg)
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    import logging
+
+    from agir.config import persist_overrides, resolve_run_config
+    from agir.logs import setup_logging
+
+    setup_logging()
+    log = logging.getLogger("agir")
+    overrides, replace = stage_overrides(args)
+    cfg, run, accumulated = resolve_run_config(args.config, overrides, replace_prefixes=replace)
+    if args.command == "download-cvat" and "preprocess.label_source" not in accumulated \
+            and cfg["preprocess"]["label_source"] != "cvat":
+        # people's corrections are what this round trains on from now on
+        accumulated["preprocess.label_source"] = "cvat"
+        cfg["preprocess"]["label_source"] = "cvat"
+        log.info("download-cvat: this round's dataset will be built from the CVAT annotations "
+                 "(preprocess.label_source=cvat saved for %s)", run)
+    precheck(cfg, args.command, accumulated)
+    if not args.dry_run:
+        persist_overrides(run, accumulated)
+    elif accumulated:
+        log.info("dry run: the settings are not saved")
 
     env = dict(os.environ)
     force_rule = None
     if getattr(args, "force", False):
         env["AGIR_FORCE"] = "1"
-        force_rule = "infer_seg" if cfg["seg_inference"]["shards"] == 1 else "infer_seg_shard"
+        force_rule = "infer_seg" if int(cfg["seg_inference"]["shards"]) == 1 else "infer_seg_shard"
     if getattr(args, "refresh", False):
         env["AGIR_REFRESH"] = "1"
         force_rule = "download_cvat"
     if args.command == "run":
-        targets = ["all"]
+        targets = [str(run / "report" / "summary.json")]
+        targets += [str(run / t) for t in run_targets(cfg)]
     else:
         targets = [str(run / STAGES[args.command][0])]
-    cmd = snakemake_command(args, config_file, overrides_file, targets, force_rule)
+    if args.dry_run and accumulated:
+        # a dry run must not change the run's saved state: show what Snakemake would do with the new settings
+        env["AGIR_PENDING_OVERRIDES"] = json.dumps(accumulated, default=str)
+        env["AGIR_PENDING_RUN"] = str(run)
+    config_file = Path(args.config) if args.config else None
+    cmd = snakemake_command(args, config_file, targets, force_rule)
     print("agir: " + " ".join(shlex.quote(c) for c in cmd[2:]), file=sys.stderr)
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode == 0 and not args.dry_run:
+    code, tail = run_snakemake(cmd, env)
+    if code == 0 and not args.dry_run:
         where = run if args.command == "run" else run / STAGES[args.command][0]
         print(f"agir: {args.command} done; outputs in {where}")
-    elif proc.returncode != 0:
-        print(f"agir: {args.command} failed (exit {proc.returncode}); see {run}/logs/", file=sys.stderr)
-    return proc.returncode
+    elif code != 0:
+        print(f"agir: error: {args.command}: {snakemake_error(tail, run)}", file=sys.stderr)
+    return code
+
+
+def run_targets(cfg: dict) -> list[str]:
+    from agir.workflow import stages_until
+
+    targets = {"query": "query/query.json", "infer": "infer/manifest.jsonl", "select": "select/selection.json",
+               "upload": "cvat/upload.json", "download": "cvat/download.json", "preprocess": "dataset/index.csv",
+               "train": "model/best.pth"}
+    return [targets[s] for s in stages_until(cfg)]
+
+
+def run_snakemake(cmd: list[str], env: dict) -> tuple[int, list[str]]:
+    """Run Snakemake, passing its output through, and keep the tail of stderr to name the error."""
+    import collections
+
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1,
+                            preexec_fn=_die_with_parent)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line.rstrip("\n"))
+        return proc.wait(), list(tail)
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        raise
+
+
+def snakemake_error(lines: list[str], run: Path) -> str:
+    """One line for the actual error: the failed rule's own message from its log, or what Snakemake refused."""
+    text = "\n".join(lines)
+    m = re.search(r"Missing input files for rule (\S+?):.*?affected files:\s*\n\s*(\S+)", text, re.S)
+    if m:
+        return f"rule {m.group(1)} needs {m.group(2)}, which is missing and no rule makes it; create it or fix the setting that names it"
+    if "LockException" in text or "Directory cannot be locked" in text:
+        return ("another Snakemake is running in this folder (its lock is held by a live process); wait for it, "
+                "or stop it and rerun this command")
+    m = re.search(r"agir: config error: (.+)", text)
+    if m:
+        return m.group(1).strip()
+    for rule, log in re.findall(r"Error in rule (\S+?):.*?log: (\S+)", text, re.S)[::-1]:
+        path = Path(log)
+        if path.exists():
+            errors = [ln for ln in path.read_text(errors="replace").splitlines() if " ERROR " in f" {ln} "
+                      or ln.startswith("ERROR")]
+            if errors:
+                msg = errors[-1].split("ERROR", 1)[1].strip(" :")
+                return f"{rule}: {msg} (log: {path})"
+            return f"rule {rule} failed; see its log {path}"
+        return f"rule {rule} failed before writing its log (see the Snakemake output above)"
+    m = re.search(r"(\w+(?:Exception|Error))[:\s]+(.+)", text)
+    if m:
+        return f"{m.group(1)}: {m.group(2).strip()}"
+    errs = [ln for ln in lines if ln.strip()]
+    return errs[-1].strip() if errs else f"Snakemake failed; rerun with --dry-run to see why ({run})"
+
+
+def show_overrides(args: argparse.Namespace) -> int:
+    """`agir-cvtoolkit overrides [--clear]`: the settings saved for a run, as YAML."""
+    import yaml
+
+    from agir.config import OVERRIDES_FILE, load_config, overrides_as_tree, persisted_overrides
+    from agir.runs import run_dir
+
+    cfg = load_config(args.config, overrides=args.override, validate=False)
+    run = run_dir(cfg)
+    path = run / OVERRIDES_FILE
+    saved = persisted_overrides(run)
+    if args.clear:
+        if path.exists():
+            path.unlink()
+        print(f"agir: cleared {len(saved)} saved setting(s) of {run}")
+        return 0
+    if not saved:
+        print(f"# {path}: nothing saved; the round uses {args.config or 'config/config.yaml'} as it is")
+        return 0
+    print(f"# {path}")
+    print(yaml.safe_dump(overrides_as_tree(saved), sort_keys=False).rstrip())
+    return 0
 
 
 def run_demo_data(args: argparse.Namespace) -> int:
@@ -207,7 +346,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             from agir.status import print_status
 
-            return print_status(args.config, args.override)
+            try:
+                return print_status(args.config, args.override, project=args.project)
+            except TypeError:  # older print_status without project=
+                return print_status(args.config, args.override)
+        if args.command == "overrides":
+            return show_overrides(args)
+        if args.command == "simulate":
+            from agir.simulate import main as simulate_main
+
+            return int(simulate_main(list(args.sim_args)) or 0)
         return run_stage(args)
     except AgirError as exc:
         print(f"agir: error: {exc}", file=sys.stderr)

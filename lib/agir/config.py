@@ -226,6 +226,15 @@ def _check_cross_field(cfg: Mapping) -> None:
 
 # ---------------------------------------------------------------- loading
 
+def yaml_error_text(exc: Exception) -> str:
+    """`invalid YAML at line L, column C: <problem>` (1-based, as an editor shows them)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is not None:
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return f"invalid YAML ({problem})"
+
+
 def load_config(
     config_file: str | os.PathLike | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
@@ -237,8 +246,13 @@ def load_config(
     try:
         cfg = read_yaml(path) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: invalid YAML ({str(exc).splitlines()[0]})") from exc
-    cfg = apply_overrides(cfg, overrides)
+        raise ConfigError(f"config file {path}: {yaml_error_text(exc)}; fix the YAML there") from exc
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections (project:, io:, ...), got {type(cfg).__name__}")
+    fold_aliases(cfg)
+    if not isinstance(overrides, Mapping):
+        overrides = dict(parse_override(o) for o in overrides)
+    cfg = apply_overrides(cfg, {resolve_alias(k): v for k, v in overrides.items()})
     if validate:
         validate_config(cfg)
     return cfg
@@ -266,7 +280,15 @@ def overrides_as_tree(overrides: Mapping[str, Any]) -> dict:
 def persisted_overrides(run: str | os.PathLike) -> dict[str, Any]:
     """The run's overrides.yaml (a config tree Snakemake can read with --configfile) as dotted keys."""
     p = Path(run) / OVERRIDES_FILE
-    return flatten(read_yaml(p) or {}) if p.exists() else {}
+    if not p.exists():
+        return {}
+    try:
+        tree = read_yaml(p) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: {yaml_error_text(exc)}; fix it or clear it (agir-cvtoolkit overrides --clear)") from exc
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{p}: expected a mapping of dotted settings; fix it or clear it (agir-cvtoolkit overrides --clear)")
+    return flatten(tree)
 
 
 def persist_overrides(run: str | os.PathLike, overrides: Mapping[str, Any]) -> Path:
@@ -280,19 +302,191 @@ def persist_overrides(run: str | os.PathLike, overrides: Mapping[str, Any]) -> P
     return path
 
 
-def resolve_run_config(
-    config_file: str | os.PathLike | None, overrides: Iterable[str]
-) -> tuple[dict, Path, dict[str, Any]]:
-    """The CLI's view: base config + the run's persisted overrides + new ones.
+def config_file_differences(config_file: str | os.PathLike | None) -> dict[str, Any]:
+    """Dotted settings where a `--config FILE` differs from the workflow's config/config.yaml.
 
-    Returns (resolved config, run folder, accumulated overrides to persist).
+    Saved with the run, so plain `snakemake` (which reads config/config.yaml) sees the run's settings.
     """
-    new = dict(parse_override(o) for o in overrides)
+    if config_file is None or Path(config_file).resolve() == default_config_path().resolve():
+        return {}
+    if not default_config_path().exists():
+        return {}
+    base = flatten(load_config(None, validate=False))
+    mine = flatten(load_config(config_file, validate=False))
+    out = {k: v for k, v in mine.items() if base.get(k, object()) != v}
+    # a section the default has but FILE leaves out keeps the default: nothing to save for it
+    return {k: v for k, v in out.items() if not k.startswith(("project.", "io.out_root"))}
+
+
+def resolve_run_config(
+    config_file: str | os.PathLike | None,
+    overrides: Iterable[str] | Mapping[str, Any],
+    replace_prefixes: Iterable[str] = (),
+) -> tuple[dict, Path, dict[str, Any]]:
+    """The CLI's view: base config + the run's saved overrides + new ones (validated before anything is saved).
+
+    `replace_prefixes`: earlier saved keys under these prefixes are dropped (a stage's new flags replace
+    that stage's earlier flags). A value of null clears a saved key (back to the config's value).
+    Returns (resolved config, run folder, accumulated overrides to save).
+    """
+    import logging
+
+    log = logging.getLogger("agir")
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    new = {resolve_alias(k): v for k, v in items}
     base = load_config(config_file, validate=False)
-    first = apply_overrides(base, new)
+    first = apply_overrides(base, {k: v for k, v in new.items() if k.startswith("project.") or k == "io.out_root"})
     validate_config(first)
     run = run_dir(first)
-    accumulated = {**persisted_overrides(run), **new}
+    saved = {resolve_alias(k): v for k, v in persisted_overrides(run).items()}
+    replaced = {k: v for k, v in saved.items() if any(k.startswith(p) for p in replace_prefixes) and k not in new}
+    if replaced:
+        log.info("earlier settings of this stage replaced: %s",
+                 ", ".join(f"{k}={v!r}" for k, v in sorted(replaced.items())))
+    accumulated = {k: v for k, v in saved.items() if k not in replaced}
+    accumulated.update(config_file_differences(config_file))
+    base_flat = flatten(base)
+    for key, value in new.items():
+        if value is None and base_flat.get(key) is None:
+            accumulated.pop(key, None)  # null clears: back to the config's value
+        else:
+            accumulated[key] = value
     resolved = apply_overrides(base, accumulated)
-    validate_config(resolved)
+    try:
+        validate_config(resolved)
+    except ConfigError as exc:
+        bad = [k for k in new if k in str(exc)]
+        where = "" if bad or not saved else f" (saved for this run in {run / OVERRIDES_FILE})"
+        raise ConfigError(f"{exc}{where}") from exc
     return resolved, run, accumulated
+
+
+# ---------------------------------------------------------------- the old tool's keys
+
+# AgIR-CVToolkit's documented keys -> ours. Each use is reported once as an INFO line naming our key.
+ALIASES: dict[str, str] = {
+    "seg_inference.output.save_images": "seg_inference.overlays",
+    "cvat_upload.project_id": "cvat.project_id",
+    "train.max_epochs": "train.epochs",
+    "train.model.encoder_name": "train.encoder",
+    "train.model.arch": "train.arch",
+}
+
+_reported_aliases: set[str] = set()
+
+
+def resolve_alias(key: str) -> str:
+    """Our key for an old tool's key (one INFO line the first time), else the key itself."""
+    ours = ALIASES.get(key)
+    if ours is None:
+        return key
+    if key not in _reported_aliases:
+        _reported_aliases.add(key)
+        import logging
+
+        logging.getLogger("agir").info("%s is AgIR-CVToolkit's name for %s; using %s", key, ours, ours)
+    return ours
+
+
+def fold_aliases(cfg: MutableMapping) -> None:
+    """Move old-tool keys in a config tree to our keys, in place (ours wins when both are set)."""
+    for old, ours in ALIASES.items():
+        parts = old.split(".")
+        node: Any = cfg
+        for p in parts[:-1]:
+            node = node.get(p) if isinstance(node, Mapping) else None
+            if node is None:
+                break
+        if not isinstance(node, MutableMapping) or parts[-1] not in node:
+            continue
+        value = node.pop(parts[-1])
+        # drop sections the alias emptied (train.model: {} would be an unknown key)
+        parent: Any = cfg
+        chain = []
+        for p in parts[:-1]:
+            chain.append((parent, p))
+            parent = parent[p]
+        for holder, p in reversed(chain):
+            if isinstance(holder.get(p), Mapping) and not holder[p]:
+                del holder[p]
+        resolve_alias(old)
+        set_dotted(cfg, ours, value)
+
+
+# ---------------------------------------------------------------- strings from `snakemake --config`
+
+def coerce_to_schema(cfg: MutableMapping, schema: Mapping, root: Mapping | None = None) -> None:
+    """`snakemake --config "query={limit: 20}"` gives '20' as text: turn scalar strings into the schema's type."""
+    root = root or schema
+    for key in list(cfg):
+        sub = _child_schema(schema, str(key), root)
+        if sub is None:
+            continue
+        value = cfg[key]
+        if isinstance(value, MutableMapping):
+            coerce_to_schema(value, sub, root)
+        elif isinstance(value, str):
+            cfg[key] = _coerce_scalar(value, sub)
+
+
+def _coerce_scalar(text: str, schema: Mapping) -> Any:
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types] if types else []
+    if not types and "enum" in schema:
+        return text
+    if "string" in types:
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    want = {"integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
+    if value is None and "null" in types:
+        return None
+    for t in types:
+        kind = want.get(t)
+        if kind is not None and isinstance(value, kind) and not (t in ("integer", "number") and isinstance(value, bool)):
+            return value
+    return text
+
+
+# ---------------------------------------------------------------- one round's settings
+
+def round_config(base: Mapping, out_root: str | os.PathLike | None, project: str, round_name: str,
+                 command_line: Mapping | None = None, saved: Mapping[str, Any] | None = None) -> dict:
+    """The settings of one round: project config + what was saved for that run + `snakemake --config` values.
+
+    The same for every entry point (CLI, plain Snakemake with any round's output as target, status).
+    The folder decides the round: project.name/subname are the folder's, whatever was saved.
+    """
+    cfg = copy.deepcopy(dict(base))
+    cfg.setdefault("project", {})
+    cfg.setdefault("io", {})
+    if out_root is not None:
+        cfg["io"]["out_root"] = str(out_root)
+    cfg["project"]["name"], cfg["project"]["subname"] = str(project), str(round_name)
+    if saved is None:
+        saved = persisted_overrides(run_dir(cfg))
+    cfg = apply_overrides(cfg, {resolve_alias(k): v for k, v in saved.items()})
+    if command_line:
+        cfg = deep_merge(cfg, command_line)
+    cfg["io"]["out_root"] = str(out_root if out_root is not None else base["io"]["out_root"])
+    cfg["project"]["name"], cfg["project"]["subname"] = str(project), str(round_name)
+    try:
+        validate_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"round {project}/{round_name} ({run_dir(cfg) / OVERRIDES_FILE}): {exc}") from exc
+    return cfg
+
+
+def list_rounds(out_root: str | os.PathLike, project: str | None = None) -> list[Path]:
+    """Every run folder `{out_root}/{project}/{round}` (rounds sorted by name), optionally one project's."""
+    root = Path(out_root)
+    if not root.is_dir():
+        return []
+    projects = [root / project] if project else sorted(p for p in root.iterdir() if p.is_dir())
+    out = []
+    for proj in projects:
+        if proj.is_dir():
+            out.extend(sorted(r for r in proj.iterdir() if r.is_dir() and not r.name.startswith(".")))
+    return out

@@ -9,26 +9,33 @@ A rule script is three lines:
 
 from __future__ import annotations
 
+import copy
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from agir.errors import AgirError
 from agir.logs import setup_logging
-from agir.runs import record_stage_config, run_dir
+from agir.runs import read_json, record_stage_config, run_dir
 
 
-def run_rule(smk: Any, stage: Callable[..., Any], sections: Iterable[str] = (), **kwargs: Any) -> Any:
+def run_rule(smk: Any, stage: Callable[..., Any], sections: Iterable[str] = (), cfg: Mapping | None = None,
+             **kwargs: Any) -> Any:
     """Run `stage(cfg, run_dir, **kwargs)` for a Snakemake job.
 
-    `smk.params.cfg` is the config the rule declared it depends on (so a change reruns the rule).
+    `smk.params.cfg` is the config the rule declared it depends on (so a change reruns the rule); `cfg`
+    replaces it where a script resolved something (e.g. `ckpt_path: previous` -> the file).
     User errors (AgirError) become one log line and exit status 1, not a traceback.
     """
     log_file = smk.log[0] if len(smk.log) else None
     log = setup_logging(log_file)
-    cfg = dict(smk.params.cfg)
+    stop_with_parent()
+    cfg = dict(cfg if cfg is not None else smk.params.cfg)
     run = run_dir(cfg)
     started = time.time()
     try:
@@ -41,6 +48,74 @@ def run_rule(smk: Any, stage: Callable[..., Any], sections: Iterable[str] = (), 
     return result
 
 
+def _parent_chain() -> list[tuple[int, str]]:
+    """(pid, command line) of this process's ancestors, nearest first (Linux /proc; empty elsewhere)."""
+    out, pid = [], os.getppid()
+    while pid > 1:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        out.append((pid, cmd))
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def stop_with_parent(interval: float = 1.0) -> None:
+    """End this job when the Snakemake that started it is gone (killed with -9: no orphan keeps writing).
+
+    Snakemake runs a rule script through a shell, so the parent-death signal of the kernel would only see the
+    shell; instead a daemon thread watches the nearest Snakemake ancestor.
+    """
+    owner = next((pid for pid, cmd in _parent_chain() if "snakemake" in cmd), None)
+    if owner is None:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(owner, 0)
+                stat = Path(f"/proc/{owner}/stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                    raise ProcessLookupError
+            except (ProcessLookupError, FileNotFoundError):
+                print("agir: Snakemake is gone; stopping this job (rerun the same command to resume)",
+                      file=sys.stderr)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                os._exit(143)
+            except PermissionError:
+                continue
+
+    threading.Thread(target=watch, name="agir-parent-watch", daemon=True).start()
+
+
+def resolved_infer_config(smk: Any) -> dict:
+    """The infer config with `seg_inference.model.ckpt_path` resolved from the rule's inputs.
+
+    `previous` -> the previous round's model (an input of the rule); `auto` -> the checkpoint that
+    `infer/prelabeler.json` chose (or the vegetation index).
+    """
+    cfg = copy.deepcopy(dict(smk.params.cfg))
+    model = cfg["seg_inference"]["model"]
+    if "ckpt" in smk.input.keys():
+        model["ckpt_path"] = str(smk.input.ckpt)
+    elif "prelabeler" in smk.input.keys():
+        choice = read_json(smk.input.prelabeler)
+        chosen = choice.get("chosen")
+        model["ckpt_path"] = None if chosen in (None, "baseline") else str(chosen)
+    return cfg
+
+
+def selected_ids(smk: Any) -> dict:
+    """`only_ids` for the infer stage when the round pre-labels only its selected images."""
+    if "selection" not in smk.input.keys():
+        return {}
+    return {"only_ids": [str(i) for i in read_json(smk.input.selection).get("selected", [])]}
+
+
 def main_guard(fn: Callable[[], Any]) -> None:
     """For small entry scripts: AgirError -> one line on stderr, exit 1."""
     try:
@@ -50,4 +125,4 @@ def main_guard(fn: Callable[[], Any]) -> None:
         sys.exit(1)
 
 
-__all__ = ["run_rule", "main_guard", "Path"]
+__all__ = ["run_rule", "main_guard", "Path", "resolved_infer_config", "selected_ids", "stop_with_parent"]

@@ -1,29 +1,57 @@
-"""`agir-cvtoolkit status`: each round's stages as done / stale / waiting for CVAT / failed, with key numbers."""
+"""`agir-cvtoolkit status`: every round under io.out_root with its stages as done / stale / waiting for CVAT /
+failed, key numbers, the active selection, the chosen pre-labeler and how much annotators changed.
+
+Each round is judged by its own settings (`round_config`: the project config + the run folder's saved
+`overrides.yaml`), and staleness comes from one `snakemake --summary` dry run over the outputs that exist
+in every listed round, so a round made with other settings is not reported stale by today's config.
+"""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agir.config import overrides_as_tree, resolve_run_config, workflow_root
-from agir.runs import project_dir, read_json_or, read_jsonl, write_yaml
+from agir.config import (
+    default_config_path,
+    list_rounds,
+    load_config,
+    overrides_as_tree,
+    parse_override,
+    round_config,
+)
+from agir.errors import AgirError
+from agir.runs import read_json_or, read_jsonl, write_yaml
 
-# stage -> (output inside the run folder, rule names that build it, log name)
-STAGE_OUTPUTS = {
-    "query": ("query/query.json", ("query",), "query"),
-    "infer": ("infer/manifest.jsonl", ("infer_seg", "infer_seg_shard", "infer_gather"), "infer_seg"),
-    "upload": ("cvat/upload.json", ("upload_cvat",), "upload_cvat"),
-    "download": ("cvat/download.json", ("download_cvat",), "download_cvat"),
-    "preprocess": ("dataset/index.csv", ("preprocess",), "preprocess"),
-    "train": ("model/best.pth", ("train",), "train"),
+# stage -> (output inside the run folder that says the stage ran, log file names its rules write)
+STAGE_OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "query": ("query/query.json", ("query",)),
+    "infer": ("infer/manifest.jsonl", ("infer_seg", "infer_seg_shard_*", "infer_gather", "choose_prelabeler")),
+    "select": ("select/selection.json", ("select_images", "score_pool")),
+    "upload": ("cvat/upload.json", ("upload_cvat",)),
+    "download": ("cvat/download.json", ("download_cvat",)),
+    "preprocess": ("dataset/index.csv", ("preprocess",)),
+    "train": ("model/best.pth", ("train",)),
 }
+
+DRY_RUN_TIMEOUT_S = 600
+
+
+# ------------------------------------------------------------------ key numbers and extra lines
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return "?"
 
 
 def key_numbers(run: Path, stage: str) -> str:
+    """The one-line figures of a stage that ran (records, ok/failed, frames, samples, test mIoU...)."""
     if stage == "query":
         spec = read_json_or(run / "query" / "query_spec.json") or {}
         got, matched = spec.get("rows_returned"), spec.get("rows_matched")
@@ -35,6 +63,9 @@ def key_numbers(run: Path, stage: str) -> str:
         q = read_json_or(run / "infer" / "quality.json") or {}
         extra = f", pre-label IoU {q['binary_iou_mean']}" if q.get("binary_iou_mean") is not None else ""
         return f"{ok} ok, {failed} failed{extra}"
+    if stage == "select":
+        sel = read_json_or(run / "select" / "selection.json") or {}
+        return f"{len(sel.get('selected') or [])} of {sel.get('pool_size', '?')} selected"
     if stage == "upload":
         rec = read_json_or(run / "cvat" / "upload.json") or {}
         tasks = rec.get("tasks") or []
@@ -42,72 +73,271 @@ def key_numbers(run: Path, stage: str) -> str:
         return f"{len(tasks)} task(s), {frames} frames"
     if stage == "download":
         rec = read_json_or(run / "cvat" / "download.json") or {}
-        m = (read_json_or(run / "cvat" / "metrics.json") or {}).get("download") or {}
-        frac = m.get("changed_fraction_mean")
+        frac = changed_fraction(run)
         return f"{len(rec.get('tasks') or [])} task(s)" + (f", changed pixels {frac:.3f}" if frac is not None else "")
     if stage == "preprocess":
         m = read_json_or(run / "dataset" / "metrics.json") or {}
         counts = m.get("counts") or {}
-        splits = "/".join(str((counts.get("by_split") or {}).get(k, {}).get("samples", 0)) for k in ("train", "val", "test"))
+        by_split = counts.get("by_split") or {}
+        splits = "/".join(str((by_split.get(k) or {}).get("samples", 0)) for k in ("train", "val", "test"))
         return f"{counts.get('samples', '?')} samples (train/val/test {splits}), {counts.get('rejected', 0)} rejected"
     if stage == "train":
         m = read_json_or(run / "model" / "metrics.json") or {}
         miou = (m.get("test") or {}).get("mIoU")
-        return f"test mIoU {miou:.3f}, best epoch {m.get('best_epoch')}" if miou is not None else "no test score"
+        return f"test mIoU {_fmt(miou)}, best epoch {m.get('best_epoch')}" if miou is not None else "no test score"
     return ""
 
 
-def pending_rules(config_file: str | None, overrides: Mapping[str, Any], run: Path) -> set[str] | None:
-    """Rules a dry run of the configured round would execute (None if Snakemake could not tell)."""
-    import tempfile
+def changed_fraction(run: Path) -> float | None:
+    """Mean fraction of pixels annotators changed in this round's CVAT download (None before one)."""
+    down = (read_json_or(run / "cvat" / "metrics.json") or {}).get("download") or {}
+    value = down.get("changed_fraction_mean")
+    return float(value) if isinstance(value, (int, float)) else None
 
-    from agir.config import default_config_path
 
-    tmp = Path(tempfile.mkdtemp(prefix="agir-status-")) / "overrides.yaml"
-    write_yaml(tmp, overrides_as_tree(overrides))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow_root() / "Snakefile"), "-n",
-           "--quiet", "rules", "--cores", "1", "--configfile", str(config_file or default_config_path()), str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+def selection_line(run: Path) -> str | None:
+    """`selection: entropy, 20 of 120 in the pool selected, 5 excluded` when select/selection.json exists."""
+    sel = read_json_or(run / "select" / "selection.json")
+    if not isinstance(sel, Mapping):
         return None
-    rules = set()
-    for line in proc.stdout.splitlines():
-        m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s+\d+$", line.strip())
-        if m:
-            rules.add(m.group(1))
-    return rules
+    strategy = str(sel.get("strategy", "?"))
+    used = sel.get("strategy_used")
+    if used and used != strategy:
+        strategy += f" (used {used}: {sel['fallback']})" if sel.get("fallback") else f" (used {used})"
+    excluded = sel.get("excluded")
+    n_excl = excluded.get("count") if isinstance(excluded, Mapping) else len(excluded or [])
+    return (f"selection: {strategy}, {len(sel.get('selected') or [])} of {sel.get('pool_size', '?')} in the pool "
+            f"selected, {n_excl} excluded (annotated in earlier rounds)")
 
 
-def round_states(run: Path, pending: set[str] | None) -> list[tuple[str, str, str]]:
+def prelabeler_line(run: Path) -> str | None:
+    """`pre-labeler: <name> (plant IoU 0.905, +0.040 over baseline)` when infer/prelabeler.json exists."""
+    info = read_json_or(run / "infer" / "prelabeler.json")
+    if not isinstance(info, Mapping):
+        return None
+    name = info.get("chosen_name") or info.get("chosen") or "?"
+    cands = [c for c in info.get("candidates") or [] if isinstance(c, Mapping)]
+    chosen = next((c for c in cands if c.get("name") == name or c.get("path") == info.get("chosen")), None)
+    others = sorted((c for c in cands if c is not chosen and c.get("plant_iou") is not None),
+                    key=lambda c: -float(c["plant_iou"]))
+    parts = []
+    if chosen and chosen.get("plant_iou") is not None:
+        parts.append(f"plant IoU {_fmt(chosen['plant_iou'])} on {chosen.get('images', '?')} images")
+    if info.get("margin") is not None:
+        runner = f" over {others[0]['name']}" if others else " over the runner-up"
+        parts.append(f"{float(info['margin']):+.3f}{runner}")
+    text = f"pre-labeler: {name}" + (f" ({', '.join(parts)})" if parts else "")
+    return text + (f"; {info['reason']}" if info.get("reason") and not parts else "")
+
+
+# ------------------------------------------------------------------ the dry run
+
+@dataclass
+class Plan:
+    """What one Snakemake dry run says about the listed outputs."""
+
+    pending: dict[Path, str] = field(default_factory=dict)  # output (resolved) -> why it would be rebuilt
+    error: str | None = None  # the dry run failed: staleness unknown
+
+    def state_of(self, path: Path) -> str:
+        if self.error is not None:
+            return "unknown"
+        why = self.pending.get(path.resolve())
+        return "done" if why is None else f"stale ({why})" if why and why != "ok" else "stale"
+
+
+def parse_summary(text: str, cwd: Path) -> dict[Path, str]:
+    """`snakemake --summary` table -> {output path: status} for outputs whose plan is `update pending`."""
+    pending: dict[Path, str] = {}
+    header = None
+    for line in text.splitlines():
+        cols = line.split("\t")
+        if header is None:
+            if cols[0] == "output_file" and "plan" in cols:
+                header = cols
+            continue
+        if len(cols) != len(header):
+            continue
+        row = dict(zip(header, cols))
+        if row.get("plan", "").strip() == "update pending":
+            p = Path(row["output_file"])
+            pending[(p if p.is_absolute() else cwd / p).resolve()] = row.get("status", "").strip()
+    return pending
+
+
+def _first_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if any(k in ln for k in ("Error", "error", "Exception")):
+            return ln[:200]
+    return (lines[-1] if lines else "no output")[:200]
+
+
+def dry_run_plan(config_file: str | Path | None, overrides: Mapping[str, Any], targets: Sequence[Path],
+                 cwd: Path | None = None) -> Plan:
+    """One `snakemake --summary` over `targets`: which of them (and what feeds them) would be rebuilt."""
+    from agir.config import workflow_root
+
+    if not targets:
+        return Plan()
+    cwd = Path(cwd or Path.cwd())
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow_root() / "Snakefile"),
+           "--cores", "1", "--summary", "--configfile", str(config_file or default_config_path())]
+    with tempfile.TemporaryDirectory(prefix="agir-status-") as tmp:
+        if overrides:
+            extra = Path(tmp) / "overrides.yaml"
+            write_yaml(extra, overrides_as_tree(overrides))
+            cmd.append(str(extra))
+        cmd += [str(t) for t in targets]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=DRY_RUN_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Plan(error=f"snakemake could not run: {exc}")
+    if proc.returncode != 0:
+        return Plan(error=_first_error(proc.stderr + "\n" + proc.stdout))
+    return Plan(pending=parse_summary(proc.stdout, cwd))
+
+
+# ------------------------------------------------------------------ one round
+
+def _failed_reason(run: Path, log_names: Iterable[str]) -> str | None:
+    """The last ERROR line of the stage's logs (None when no log has one)."""
+    last = None
+    for name in log_names:
+        for log in sorted((run / "logs").glob(f"{name}.log")):
+            errors = [ln for ln in log.read_text(errors="replace").splitlines() if "ERROR" in ln]
+            if errors:
+                last = errors[-1].split("ERROR", 1)[-1].strip(" :-")[:100]
+    return last
+
+
+def round_targets(run: Path) -> dict[str, Path]:
+    """Stage -> its output in this run folder, for the stages that have one."""
+    return {stage: run / rel for stage, (rel, _) in STAGE_OUTPUTS.items() if (run / rel).exists()}
+
+
+def round_states(run: Path, plan: Plan | None, stages: Sequence[str] | None = None,
+                 not_in_round: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(stage, state, key numbers) rows of one round.
+
+    `stages`: the stages of this round by its settings (None: unknown, show every stage that left a
+    trace). `not_in_round`: stage -> why it is not part of the round (shown instead of `-`).
+    """
     rows = []
-    for stage, (rel, rules, log_name) in STAGE_OUTPUTS.items():
+    not_in_round = not_in_round or {}
+    for stage, (rel, logs) in STAGE_OUTPUTS.items():
         out = run / rel
-        log = run / "logs" / f"{log_name}.log"
-        failed = log.exists() and "ERROR" in log.read_text(errors="replace")
+        failed = _failed_reason(run, logs)
         if out.exists():
-            state = "stale" if pending is not None and pending & set(rules) else "done"
+            state = plan.state_of(out) if plan is not None else "unknown"
+            if failed is not None and state.startswith("stale"):
+                state = "failed"  # the last attempt to rebuild it stopped with an error
             rows.append((stage, state, key_numbers(run, stage)))
         elif stage == "download" and (run / "cvat" / "upload.json").exists():
-            rows.append((stage, "failed" if failed else "waiting for CVAT", ""))
-        elif failed:
-            last = [ln for ln in log.read_text(errors="replace").splitlines() if "ERROR" in ln][-1:]
-            rows.append((stage, "failed", last[0].split("ERROR", 1)[-1].strip()[:100] if last else ""))
+            rows.append((stage, "failed" if failed else "waiting for CVAT", failed or ""))
+        elif failed is not None:
+            rows.append((stage, "failed", failed))
+        elif stage in not_in_round:
+            if stage != "select":  # a round without active selection needs no line for it
+                rows.append((stage, "-", not_in_round[stage]))
+        elif stages is None and stage == "select":
+            continue
         else:
             rows.append((stage, "-", ""))
     return rows
 
 
-def print_status(config_file: str | None, overrides: Iterable[str]) -> int:
-    cfg, run, accumulated = resolve_run_config(config_file, overrides)
-    root = project_dir(cfg)
-    rounds = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    if run not in rounds:
-        rounds.append(run)
-    pending = pending_rules(config_file, accumulated, run)
-    print(f"project {cfg['project']['name']} ({root})")
+def not_in_round_reasons(cfg: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """(stages of the round, stage -> why it is not part of it) from the round's settings."""
+    from agir.workflow import STAGE_ORDER, stages_until
+
+    stages = stages_until(cfg)
+    until = cfg["project"].get("until", "train")
+    reasons = {}
+    for stage in STAGE_ORDER:
+        if stage in stages or stage not in STAGE_OUTPUTS:
+            continue
+        if STAGE_ORDER.index(stage) > STAGE_ORDER.index(until):
+            reasons[stage] = f"not in this round (project.until={until})"
+        elif stage in ("upload", "download"):
+            reasons[stage] = f"not in this round (preprocess.label_source={cfg['preprocess']['label_source']})"
+        else:
+            reasons[stage] = "not in this round"
+    return stages, reasons
+
+
+@dataclass
+class Round:
+    run: Path
+    cfg: dict | None = None
+    error: str | None = None  # its settings could not be computed
+
+
+def round_lines(rnd: Round, plan: Plan | None, configured: bool = False) -> list[str]:
+    """The printed block of one round."""
+    head = rnd.run.name + ("  (configured round)" if configured else "")
+    lines = [head]
+    if not rnd.run.exists():
+        return lines + ["  nothing built yet"]
+    if rnd.error:
+        lines.append(f"  settings: {rnd.error}")
+    stages, reasons = not_in_round_reasons(rnd.cfg) if rnd.cfg is not None else (None, {})
+    for stage, state, numbers in round_states(rnd.run, plan if rnd.cfg is not None else None, stages, reasons):
+        lines.append(f"  {stage:<11} {state:<17} {numbers}".rstrip())
+    for extra in (selection_line(rnd.run), prelabeler_line(rnd.run)):
+        if extra:
+            lines.append(f"  {extra}")
+    frac = changed_fraction(rnd.run)
+    if frac is not None:
+        lines.append(f"  annotators changed {frac:.1%} of the pre-labelled pixels")
+    return lines
+
+
+# ------------------------------------------------------------------ the command
+
+def status_report(config_file: str | None, overrides: Iterable[str], project: str | None = None,
+                  cwd: Path | None = None) -> list[str]:
+    """The lines `agir-cvtoolkit status` prints (see print_status)."""
+    new = dict(parse_override(o) for o in overrides)
+    base = load_config(config_file, new)  # a bad override is a one-line error before any work
+    out_root = Path(base["io"]["out_root"])
+    cwd = Path(cwd or Path.cwd())
+    root = out_root if out_root.is_absolute() else cwd / out_root
+    runs = list_rounds(root, project)
+    configured = root / str(base["project"]["name"]) / str(base["project"]["subname"])
+    if (project in (None, base["project"]["name"])) and configured not in runs:
+        runs.append(configured)
+    if not runs:
+        where = f"{root / project}" if project else str(root)
+        return [f"no rounds under {where} (io.out_root); run `agir-cvtoolkit run` or `snakemake` first"]
+
+    rounds = []
+    for run in runs:
+        try:
+            cfg = round_config(base, base["io"]["out_root"], run.parent.name, run.name)
+            rounds.append(Round(run, cfg))
+        except AgirError as exc:
+            rounds.append(Round(run, None, str(exc)))
+    # relative targets, like the ones Snakemake itself builds, so its paths match the rules' patterns
+    targets = [Path(base["io"]["out_root"]) / r.run.parent.name / r.run.name / rel.relative_to(r.run)
+               for r in rounds if r.cfg is not None for rel in round_targets(r.run).values()]
+    plan = dry_run_plan(config_file, new, targets, cwd)
+
+    lines: list[str] = []
+    project_of = None
     for rnd in rounds:
-        current = rnd == run
-        print(f"\n{rnd.name}{'  (configured round)' if current else ''}")
-        for stage, state, numbers in round_states(rnd, pending if current else None):
-            print(f"  {stage:<11} {state:<17} {numbers}")
+        if rnd.run.parent != project_of:
+            project_of = rnd.run.parent
+            lines += ([""] if lines else []) + [f"project {project_of.name} ({project_of})"]
+        lines.append("")
+        lines += round_lines(rnd, plan, configured=rnd.run == configured)
+    if plan.error is not None:
+        lines += ["", f"staleness unknown: the Snakemake dry run failed: {plan.error}"]
+    return lines
+
+
+def print_status(config_file: str | None, overrides: Iterable[str], project: str | None = None) -> int:
+    """Print every round of every project under io.out_root (or of `project`); 0 on success."""
+    for line in status_report(config_file, overrides, project):
+        print(line)
     return 0

@@ -13,16 +13,19 @@ from agir.runs import project_dir
 # open image files get the whole `io` section (storage roots).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "query": ("db", "query"),
-    "infer": ("io", "db", "query", "classes", "seg_inference"),
+    "infer": ("io", "db", "query", "classes", "seg_inference", "select"),
+    "score": ("io", "db", "query", "classes", "seg_inference", "select"),
+    "select": ("io", "db", "query", "classes", "preprocess", "select"),
+    "prelabeler": ("io", "db", "query", "classes", "seg_inference", "preprocess"),
     "evaluate": ("io", "db", "query", "classes", "seg_inference"),
     "upload": ("cvat", "cvat_upload"),
     "download": ("cvat", "cvat_download"),
-    "preprocess": ("io", "db", "query", "classes", "preprocess"),
+    "preprocess": ("io", "db", "query", "classes", "preprocess", "select"),
     "train": ("train",),
     "report": ("project",),
 }
 
-STAGE_ORDER = ("query", "infer", "upload", "download", "preprocess", "train")
+STAGE_ORDER = ("query", "infer", "select", "upload", "download", "preprocess", "train")
 
 
 def stage_config(config: Mapping[str, Any], stage: str) -> dict:
@@ -43,7 +46,14 @@ def stages_until(config: Mapping[str, Any]) -> list[str]:
     stages = list(STAGE_ORDER[: STAGE_ORDER.index(last) + 1])
     if not wants_cvat(config):
         stages = [s for s in stages if s not in ("upload", "download")]
+    if not selection_applies(config):
+        stages = [s for s in stages if s != "select"]
     return stages
+
+
+def selection_applies(config: Mapping[str, Any]) -> bool:
+    """True when the round picks a subset of its candidate pool (select.strategy other than `all`)."""
+    return str((config.get("select") or {}).get("strategy", "all")) != "all"
 
 
 def wants_cvat(config: Mapping[str, Any]) -> bool:
@@ -67,18 +77,94 @@ def round_names(config: Mapping[str, Any]) -> list[str]:
     return sorted({r for r in found if r <= current} | {current})
 
 
-def earlier_round_receipts(config: Mapping[str, Any]) -> list[str]:
-    """`cvat/download.json` of the earlier rounds that have one (existing files: no rule rebuilds them)."""
+def earlier_round_files(config: Mapping[str, Any], rel: str = "cvat/download.json") -> list[str]:
+    """`rel` in the earlier rounds that have it (existing files: no rule rebuilds them)."""
     current = str(config["project"]["subname"])
     root = project_dir(config)
     out = []
     for name in round_names(config):
         if name == current:
             continue
-        receipt = root / name / "cvat" / "download.json"
+        receipt = root / name / rel
         if receipt.exists():
             out.append(str(receipt))
     return out
+
+
+def earlier_round_receipts(config: Mapping[str, Any]) -> list[str]:
+    return earlier_round_files(config, "cvat/download.json")
+
+
+def previous_round(config: Mapping[str, Any]) -> str | None:
+    """The round before this one: the nearest earlier run folder by name, or round_NNN-1 by its number."""
+    import re
+
+    current = str(config["project"]["subname"])
+    root = project_dir(config)
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name < current) if root.is_dir() else []
+    if found:
+        return found[-1]
+    m = re.match(r"^(.*?)(\d+)$", current)
+    if m and int(m.group(2)) > 1:
+        return f"{m.group(1)}{int(m.group(2)) - 1:0{len(m.group(2))}d}"
+    return None
+
+
+def snakemake_processes(workdir: Path, exclude: set[int]) -> list[int]:
+    """PIDs of live Snakemake main processes whose working directory is `workdir` (Linux /proc)."""
+    out = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return out
+    target = str(Path(workdir).resolve())
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = str((entry / "cwd").resolve())
+        except OSError:
+            continue
+        words = [c.decode(errors="replace") for c in cmd if c]
+        if cwd == target and any("snakemake" in Path(w).name or w == "snakemake" for w in words[:3]) \
+                and "--mode" not in words:
+            out.append(int(entry.name))
+    return out
+
+
+def _ancestors() -> set[int]:
+    import os
+
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def release_stale_lock(workdir: Path) -> bool:
+    """Remove Snakemake's lock files when no live Snakemake runs in `workdir` (left by a killed run).
+
+    A lock held by a live process is left alone (Snakemake then says the directory is locked).
+    """
+    import logging
+
+    locks = Path(workdir) / ".snakemake" / "locks"
+    files = [p for p in locks.glob("*.lock")] if locks.is_dir() else []
+    if not files or snakemake_processes(workdir, _ancestors()):
+        return False
+    for p in files:
+        p.unlink(missing_ok=True)
+    logging.getLogger("agir").warning(
+        "agir: released a Snakemake lock left by a run that no longer exists (killed?) in %s", workdir
+    )
+    print(f"agir: released a Snakemake lock left by a run that no longer exists in {Path(workdir).resolve()}",
+          file=__import__("sys").stderr)
+    return True
 
 
 def relpath(path: str | Path, start: str | Path) -> str:

@@ -1,25 +1,32 @@
 # Stages 3-4: the CVAT round trip. Local rules: they talk to the network, not to cluster GPUs.
-# Only part of the DAG when preprocess.label_source is cvat.
+# Only part of `all` when preprocess.label_source is cvat; any round's cvat/*.json is a target.
 
 
-def upload_message():
-    if Path(run_path("cvat/upload.json")).exists():
-        return (
-            "upload_cvat: pre-labels changed since the last upload; new CVAT tasks will be created "
-            "(existing tasks are kept; see cvat/upload.json)"
-        )
-    return "upload_cvat: uploading images and pre-labels to CVAT"
+def upload_inputs(wildcards):
+    inputs = {"manifest": rp(wildcards, "infer/manifest.jsonl")}
+    if selection_applies(rcfg(wildcards)):
+        inputs["selection"] = rp(wildcards, "select/selection.json")
+    return inputs
+
+
+def download_inputs(wildcards):
+    """The upload receipt only when the tasks come from it (not with cvat_download.task_ids / project_id)."""
+    dl = rcfg(wildcards)["cvat_download"]
+    if dl.get("task_ids") or dl.get("project_id"):
+        return {}
+    return {"receipt": rp(wildcards, "cvat/upload.json")}
 
 
 rule upload_cvat:
     input:
-        manifest=run_path("infer/manifest.jsonl"),
+        unpack(upload_inputs),
     output:
         receipt=run_path("cvat/upload.json"),
     params:
-        cfg=stage_config(config, "upload"),
+        cfg=stage_params("upload"),
     message:
-        upload_message()
+        "upload_cvat: sending images and pre-labels of {wildcards.project}/{wildcards.round} to CVAT "
+        "(earlier batches of the round and their tasks are kept; see cvat/upload.json)"
     log:
         log_path("upload_cvat"),
     localrule: True
@@ -35,11 +42,11 @@ rule upload_cvat:
 
 rule download_cvat:
     input:
-        receipt=run_path("cvat/upload.json"),
+        unpack(download_inputs),
     output:
         receipt=run_path("cvat/download.json"),
     params:
-        cfg=stage_config(config, "download"),
+        cfg=stage_params("download"),
     log:
         log_path("download_cvat"),
     localrule: True

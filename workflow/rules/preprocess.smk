@@ -1,13 +1,13 @@
 # Stage 5: combine labelled rounds (or the database's masks) into a tiled, grouped-split dataset -> dataset/
 
 
-rule preprocess:
+rule preprocess_dataset:
     input:
         unpack(preprocess_inputs),
     output:
         index=run_path("dataset/index.csv"),
     params:
-        cfg=stage_config(config, "preprocess"),
+        cfg=stage_params("preprocess"),
     log:
         log_path("preprocess"),
     benchmark:

@@ -1,15 +1,15 @@
 # Stage 1: select records from the database (DuckDB engine) -> query/query.json
 
 
-rule query:
+rule query_db:
     input:
-        db=lambda wc: db_source_files(config),
+        db=lambda wc: db_source_files(rcfg(wc)),
     output:
         records=run_path("query/query.json"),
         spec=run_path("query/query_spec.json"),
         metrics=run_path("query/metrics.json"),
     params:
-        cfg=stage_config(config, "query"),
+        cfg=stage_params("query"),
     log:
         log_path("query"),
     benchmark:

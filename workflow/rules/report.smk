@@ -1,43 +1,36 @@
-# Pictures for `snakemake --report report.html`, one set per round.
+# Pictures for `snakemake --report report.html`, one set per round. The set is the same for every round
+# (a stage that is not part of the round gets a picture saying so).
 
 REPORT_CAPTIONS = str(Path(workflow.basedir) / "workflow" / "report")
 
+REPORT_PICTURES = {
+    # output name: (file, caption, category)
+    "query": ("query_summary.png", "query.rst", "1. Query"),
+    "quality": ("prelabel_quality.png", "prelabel_quality.rst", "2. Inference"),
+    "prelabeler": ("prelabeler.png", "prelabeler.rst", "2. Inference"),
+    "cvat": ("cvat_changes.png", "cvat.rst", "4. CVAT"),
+    "dataset": ("dataset_stats.png", "dataset.rst", "5. Dataset"),
+    "curves": ("training_curves.png", "training.rst", "6. Training"),
+    "test_iou": ("test_iou.png", "test_iou.rst", "6. Training"),
+    "predictions": ("test_predictions.png", "predictions.rst", "6. Training"),
+}
+
 
 def report_outputs():
-    stages = stages_until(config)
-    out = {
-        "summary": run_path("report/summary.json"),
-        "query": report(run_path("report/query_summary.png"), caption=f"{REPORT_CAPTIONS}/query.rst", category="1. Query"),
-    }
-    if "infer" in stages:
-        out["quality"] = report(
-            run_path("report/prelabel_quality.png"), caption=f"{REPORT_CAPTIONS}/prelabel_quality.rst", category="2. Inference"
-        )
-    if "download" in stages:
-        out["cvat"] = report(run_path("report/cvat_changes.png"), caption=f"{REPORT_CAPTIONS}/cvat.rst", category="3. CVAT")
-    if "preprocess" in stages:
-        out["dataset"] = report(
-            run_path("report/dataset_stats.png"), caption=f"{REPORT_CAPTIONS}/dataset.rst", category="4. Dataset"
-        )
-    if "train" in stages:
-        out["curves"] = report(
-            run_path("report/training_curves.png"), caption=f"{REPORT_CAPTIONS}/training.rst", category="5. Training"
-        )
-        out["test_iou"] = report(run_path("report/test_iou.png"), caption=f"{REPORT_CAPTIONS}/test_iou.rst", category="5. Training")
-        out["predictions"] = report(
-            run_path("report/test_predictions.png"), caption=f"{REPORT_CAPTIONS}/predictions.rst", category="5. Training"
-        )
+    out = {"summary": run_path("report/summary.json")}
+    for name, (fname, caption, category) in REPORT_PICTURES.items():
+        out[name] = report(run_path(f"report/{fname}"), caption=f"{REPORT_CAPTIONS}/{caption}", category=category)
     return out
 
 
 rule report_summary:
     input:
-        stage_targets(),
+        stage_targets,
     output:
         **report_outputs(),
     params:
-        cfg=stage_config(config, "report"),
-        stages=stages_until(config),
+        cfg=stage_params("report"),
+        stages=lambda wc: stages_until(rcfg(wc)),
     log:
         log_path("report_summary"),
     threads: 1

@@ -8,6 +8,7 @@ Writes are built with the SDK's request models, which every supported server acc
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -39,13 +40,43 @@ class CvatHttpError(AgirError):
         self.status = status
 
 
+def connection_refused(error: BaseException | None) -> bool:
+    """True when an error (or what it wraps) is a refused TCP connection: nothing listens at that address."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError) or getattr(e, "errno", None) == errno.ECONNREFUSED:
+            return True
+        # urllib3 keeps the cause in .reason (MaxRetryError) or the exception chain (NewConnectionError)
+        todo.extend([getattr(e, "reason", None), e.__cause__, e.__context__])
+    return False
+
+
+class CvatRetry(urllib3.Retry):
+    """urllib3 retries, except that a refused connection fails at once.
+
+    A refused connection means a wrong host/port or a stopped server; waiting through the whole backoff
+    (tens of seconds) would only delay the error. 5xx, 429, resets and timeouts are still retried.
+    """
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if error is not None and connection_refused(error):
+            raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
+        return super().increment(method, url, response=response, error=error, _pool=_pool, _stacktrace=_stacktrace)
+
+
 def make_retry(retries: int, backoff: float) -> urllib3.Retry:
     """Exponential backoff on 5xx/429, connection errors and read timeouts, for every HTTP method.
 
     Non-idempotent calls are retried too: the upload is made idempotent one level up (tasks are found
     by name, annotations replaced with PUT), so a repeated POST cannot leave duplicates behind.
+    A refused connection is not retried (see CvatRetry).
     """
-    return urllib3.Retry(
+    return CvatRetry(
         total=retries,
         connect=retries,
         read=retries,
@@ -175,6 +206,11 @@ class CvatSession:
                 hint = "check the request settings"
             return CvatHttpError(
                 f"CVAT {self.host}: could not {what}: HTTP {status} {exc.reason or ''} {body}; {hint}".strip(), status
+            )
+        if connection_refused(exc):
+            return AgirError(
+                f"CVAT {self.host}: could not {what}: connection refused (nothing listens there); check the host "
+                "URL and port (CVAT_HOST / cvat.host) and that the server is running"
             )
         if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
             return AgirError(

@@ -9,6 +9,16 @@ Idempotent by construction:
   annotations are replaced with PUT), or deleted and recreated when its data never arrived;
 - changed inputs start a new revision: new tasks with an `-r{N}` suffix; the old ones stay untouched
   on the server and are listed under `superseded` in the receipt.
+
+Several uploads in one round accumulate. Each upload is a *batch* with its own receipt
+`cvat/batches/{k:03d}.json` (written atomically after every task, never deleted here: Snakemake deletes
+the declared `cvat/upload.json` before rerunning the rule, so the history cannot live there). A batch is
+identified by its record ids (in order) plus the fingerprint of its inputs: the same records with the same
+inputs resume that batch, the same records with changed pre-labels make a new batch that is the next
+revision of the same *group*, other records make a new group. `cvat/upload.json` is rebuilt from all
+batch receipts after every task (see `combined_receipt`). Every uploaded image and pre-label mask is
+kept (hard link, or copy) under `cvat/uploaded/`, so the download finds the exact pixels and pre-labels
+of a batch after a later inference replaced `infer/`.
 """
 
 from __future__ import annotations
@@ -16,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +46,7 @@ from agir.runs import file_lock, read_json, read_jsonl, write_json
 
 log = get_logger("cvat.upload")
 
-RECEIPT_VERSION = 1
+RECEIPT_VERSION = 2
 TASK_OPTION_KEYS = ("overlap", "subset", "bug_tracker", "assignee_id")
 DATA_OPTION_KEYS = ("chunk_size", "use_cache", "copy_data", "use_zip_chunks", "storage_method")
 
@@ -91,7 +103,10 @@ def collect_frames(run: Path) -> tuple[list[dict], list[dict], list[dict]]:
             skipped.append({"id": rid, "reason": f"missing {', '.join(missing)} under {infer}"})
             continue
         seen.add(rid)
-        frames.append({"id": rid, "name": image.name, "image": image, "mask": mask})
+        frame = {"id": rid, "name": image.name, "image": image, "mask": mask}
+        if rec.get("image_id") not in (None, "", rid):
+            frame["image_id"] = str(rec["image_id"])
+        frames.append(frame)
     if skipped:
         log.warning("%d inference record(s) skipped: %s", len(skipped), "; ".join(f"{s['id']}: {s['reason']}" for s in skipped[:5]))
     if not frames:
@@ -108,23 +123,44 @@ def plan_tasks(frames: list[dict], cfg: Mapping[str, Any], classes: list[dict]) 
         chunk = frames[start : start + size]
         h = hashlib.sha256((settings + class_key).encode())
         for f in chunk:
-            h.update(f"{f['id']}|{_sha1_file(f['image'])}|{_sha1_file(f['mask'])}\n".encode())
+            f["image_sha1"], f["mask_sha1"] = _sha1_file(f["image"]), _sha1_file(f["mask"])
+            h.update(f"{f['id']}|{f['image_sha1']}|{f['mask_sha1']}\n".encode())
         plans.append({"n": n, "frames": chunk, "fingerprint": h.hexdigest()[:20]})
     return plans
 
 
-def task_name(cfg: Mapping[str, Any], n: int, revision: int) -> str:
-    tmpl = (cfg.get("cvat_upload") or {}).get("task_name_template") or "{project}/{subname}/part-{n:03d}"
+def task_name(
+    cfg: Mapping[str, Any], n: int, revision: int, *, group: int = 1, parts: int | None = None, taken: Collection[str] = ()
+) -> str:
+    """The CVAT task name of part `n` of a batch; see `base_task_name` and the `-b`/`-r` suffix rules."""
+    base, has_rev = base_task_name(cfg, n, revision, group=group, parts=parts)
+    if base in taken:
+        # an earlier batch of this round already used the name (same template or task_name)
+        base += f"-b{group}"
+    if revision > 1 and not has_rev:
+        base += f"-r{revision}"
+    return base
+
+
+def base_task_name(cfg: Mapping[str, Any], n: int, revision: int, *, group: int = 1, parts: int | None = None) -> tuple[str, bool]:
+    """(name before the batch/revision suffixes, whether it already holds the revision).
+
+    `cvat_upload.task_name` (a fixed name, the old tool's key) wins over `task_name_template`: `<name>` for a
+    one-part batch, `<name>-part-001`, `-part-002`, ... for several parts.
+    """
+    up = cfg.get("cvat_upload") or {}
+    fixed = up.get("task_name")
+    if fixed:
+        return (str(fixed) if parts == 1 else f"{fixed}-part-{n:03d}"), False
+    tmpl = up.get("task_name_template") or "{project}/{subname}/part-{n:03d}"
     proj = cfg.get("project") or {}
     try:
-        name = tmpl.format(project=proj.get("name"), subname=proj.get("subname"), n=n, rev=revision)
+        name = tmpl.format(project=proj.get("name"), subname=proj.get("subname"), n=n, rev=revision, batch=group)
     except (KeyError, IndexError, ValueError) as exc:
         raise AgirError(
-            f"cvat_upload.task_name_template {tmpl!r}: {exc}; use the fields {{project}}, {{subname}}, {{n}}, {{rev}}"
+            f"cvat_upload.task_name_template {tmpl!r}: {exc}; use the fields {{project}}, {{subname}}, {{n}}, {{rev}}, {{batch}}"
         ) from None
-    if revision > 1 and "{rev" not in tmpl:
-        name += f"-r{revision}"
-    return name
+    return name, "{rev" in tmpl
 
 
 # ---------------------------------------------------------------- project and labels
@@ -329,8 +365,144 @@ def upload_annotations(
 
 
 def task_jobs(session: CvatSession, task_id: int) -> list[dict]:
+    """Jobs as they are right after the upload; the download compares stage/state/date to tell whether people touched them."""
     rows = session.list_all(f"list jobs of task {task_id}", session.api.jobs_api.list, task_id=task_id)
-    return [{"id": int(j["id"]), "start_frame": j.get("start_frame"), "stop_frame": j.get("stop_frame")} for j in rows]
+    keys = ("start_frame", "stop_frame", "stage", "state", "updated_date")
+    return [{"id": int(j["id"]), **{k: j.get(k) for k in keys}} for j in rows]
+
+
+# ---------------------------------------------------------------- batches and the combined receipt
+
+
+def batches_dir(run: Path) -> Path:
+    return cvat_dir(run) / "batches"
+
+
+def batch_path(run: Path, k: int) -> Path:
+    return batches_dir(run) / f"{k:03d}.json"
+
+
+def _legacy_batches(old: Mapping[str, Any]) -> list[dict]:
+    """A version-1 `cvat/upload.json` (one upload, earlier revisions under `superseded`) as batches of group 1."""
+    common = {k: old.get(k) for k in ("server", "server_version", "organization", "project_id", "project_name", "labels", "classes", "settings")}
+    revisions = [(int(s.get("revision", i + 1)), s.get("tasks") or [], True, None) for i, s in enumerate(old.get("superseded") or [])]
+    revisions.append((int(old.get("revision", 1)), old.get("tasks") or [], bool(old.get("complete", True)), old.get("inputs_fingerprint")))
+    out = []
+    for k, (rev, tasks, complete, fp) in enumerate(revisions, start=1):
+        rids = [str(f["record_id"]) for t in tasks for f in t.get("frames", [])]
+        out.append({
+            **common, "version": RECEIPT_VERSION, "batch": k, "group": 1, "revision": rev, "record_ids": rids,
+            "frames_key": frames_key(rids), "inputs_fingerprint": fp, "tasks": tasks, "complete": complete, "legacy": True,
+        })
+    return out
+
+
+def load_batches(run: str | os.PathLike) -> list[dict]:
+    """Every upload batch of the round, oldest first.
+
+    Read from `cvat/batches/*.json`; a round uploaded by an older agir (only a version-1
+    `cvat/upload.json`) reads as batches of one group. An unreadable batch receipt is an error: skipping it
+    would drop that batch's annotations silently.
+    """
+    run = Path(run)
+    files = sorted(p for p in batches_dir(run).glob("*.json") if re.fullmatch(r"\d{3,}\.json", p.name))
+    out = []
+    for p in files:
+        try:
+            out.append(read_json(p))
+        except (OSError, ValueError) as exc:
+            raise AgirError(f"{p}: unreadable upload batch receipt ({exc}); restore it from a backup, or move it away "
+                            "if that batch's CVAT tasks are abandoned") from None
+    if out:
+        return sorted(out, key=lambda b: int(b["batch"]))
+    combined = _load_receipt(cvat_dir(run) / "upload.json")
+    if combined and combined.get("batches"):  # batch files lost, the combined receipt still lists them
+        return list(combined["batches"])
+    if combined and combined.get("tasks") is not None and "batches" not in combined:
+        return _legacy_batches(combined)
+    return []
+
+
+def frames_key(record_ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(record_ids).encode()).hexdigest()[:20]
+
+
+def current_batches(batches: Sequence[Mapping]) -> list[Mapping]:
+    """The newest revision of every group (the batches whose tasks people are expected to annotate)."""
+    newest = {}
+    for b in batches:
+        newest[(b.get("group", b["batch"]))] = int(b["batch"])
+    return [b for b in batches if newest[b.get("group", b["batch"])] == int(b["batch"])]
+
+
+def combined_receipt(batches: Sequence[Mapping]) -> dict:
+    """`cvat/upload.json`: the newest batch's keys where the version-1 receipt had them, plus every batch.
+
+    `tasks` lists the tasks of the newest revision of every group (all batches of the round),
+    each with its `batch`; `superseded` the older revisions (`batch`, `group`, `revision`, `tasks`);
+    `batches` every batch receipt in full, oldest first.
+    """
+    newest = batches[-1]
+    current = {int(b["batch"]) for b in current_batches(batches)}
+    keys = ("server", "server_version", "organization", "project_id", "project_name", "labels", "classes",
+            "revision", "inputs_fingerprint", "settings", "complete")
+    return {
+        "version": RECEIPT_VERSION,
+        **{k: newest.get(k) for k in keys},
+        "batch": int(newest["batch"]),
+        "tasks": [{**t, "batch": int(b["batch"])} for b in batches if int(b["batch"]) in current for t in b.get("tasks", [])],
+        "superseded": [
+            {"batch": int(b["batch"]), "group": b.get("group"), "revision": b.get("revision"), "tasks": b.get("tasks", [])}
+            for b in batches
+            if int(b["batch"]) not in current
+        ],
+        "batches": list(batches),
+    }
+
+
+def uploaded_dir(run: Path) -> Path:
+    return cvat_dir(run) / "uploaded"
+
+
+def _keep_copy(src: Path, dest: Path) -> None:
+    """A hard link (or, across file systems, a copy) of an uploaded file; infer/ rewrites by rename, never in place."""
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def keep_uploaded(run: Path, frame: Mapping[str, Any]) -> dict:
+    """Keep the frame's image and pre-label under cvat/uploaded/ (named by record id and content); their run paths."""
+    rid = frame["id"]
+    image = uploaded_dir(run) / "images" / f"{rid}.{frame['image_sha1'][:12]}.jpg"
+    mask = uploaded_dir(run) / "masks" / f"{rid}.{frame['mask_sha1'][:12]}.png"
+    _keep_copy(Path(frame["image"]), image)
+    _keep_copy(Path(frame["mask"]), mask)
+    return {"image": image.relative_to(run).as_posix(), "mask": mask.relative_to(run).as_posix()}
+
+
+def _frame_entries(run: Path, frames: list[dict]) -> list[dict]:
+    out = []
+    for i, f in enumerate(frames):
+        entry = {"frame": i, "name": f["name"], "record_id": f["id"], **keep_uploaded(run, f)}
+        if f.get("image_id"):
+            entry["image_id"] = f["image_id"]
+        out.append(entry)
+    return out
+
+
+def _base_names(batch: Mapping) -> set[str]:
+    names = set()
+    for t in batch.get("tasks", []):
+        names.add(t.get("base_name") or re.sub(r"-r\d+$", "", str(t.get("name"))))
+    return names
 
 
 # ---------------------------------------------------------------- the stage
@@ -356,15 +528,52 @@ def _load_receipt(path: Path) -> dict | None:
         return None
 
 
+def _choose_batch(batches: list[dict], host: str, pid: int, key: str, fingerprint: str, receipt_path: Path) -> tuple[dict | None, int, int, int]:
+    """(batch to resume or None, batch number, group, revision) for this upload."""
+    same = [b for b in batches if b.get("server") == host and b.get("project_id") == pid and b.get("frames_key") == key]
+    next_k = max((int(b["batch"]) for b in batches), default=0) + 1
+    if same and same[-1].get("inputs_fingerprint") == fingerprint:
+        b = same[-1]
+        return b, int(b["batch"]), int(b.get("group", 1)), int(b.get("revision", 1))
+    if same:
+        last = same[-1]
+        revision = int(last.get("revision", 1)) + 1
+        log.warning(
+            "inputs changed since the last upload of these records (batch %s, revision %s); creating new tasks as "
+            "revision %d (batch %d) — the earlier tasks stay on the server and are listed under 'superseded' in %s",
+            last["batch"], last.get("revision", 1), revision, next_k, receipt_path,
+        )
+        return None, next_k, int(last.get("group", 1)), revision
+    group = max((int(b.get("group", b["batch"])) for b in batches), default=0) + 1
+    if batches:
+        log.info(
+            "this round already has %d upload batch(es); these records are batch %d (group %d) — every batch is downloaded",
+            len(batches), next_k, group,
+        )
+    return None, next_k, group, 1
+
+
 def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session: CvatSession | None = None) -> dict:
-    """Upload this round's inference outputs to CVAT; writes cvat/upload.json and cvat/metrics.json["upload"]."""
-    t_start = time.perf_counter()
+    """Upload this round's inference outputs to CVAT as one batch.
+
+    Writes cvat/batches/{k:03d}.json, the combined cvat/upload.json, cvat/uploaded/ and cvat/metrics.json["upload"].
+    """
     run = Path(run)
+    with file_lock(cvat_dir(run) / ".upload.lock"):
+        return _upload(cfg, run, session)
+
+
+def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None) -> dict:
+    t_start = time.perf_counter()
     frames, classes, skipped = collect_frames(run)
     plans = plan_tasks(frames, cfg, classes)
     receipt_path = cvat_dir(run) / "upload.json"
-    old = _load_receipt(receipt_path)
+    batches = load_batches(run)
+    if batches and batches[0].get("legacy") and not batches_dir(run).exists():
+        for b in batches:  # keep the history before upload.json is rewritten
+            write_json(batch_path(run, int(b["batch"])), b)
     timing = {"encode_seconds": 0.0}
+    fixed_name = (cfg.get("cvat_upload") or {}).get("task_name")
 
     own = session is None
     session = session or session_from_config(cfg)
@@ -374,25 +583,18 @@ def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session:
         pid = int(project["id"])
         label_by_index = {int(c["index"]): labels[c["name"]] for c in classes}
         fingerprint = hashlib.sha256("".join(p["fingerprint"] for p in plans).encode()).hexdigest()[:20]
+        record_ids = [f["id"] for f in frames]
+        key = frames_key(record_ids)
+        resumed, k, group, revision = _choose_batch(batches, session.host, pid, key, fingerprint, receipt_path)
+        done = {t["n"]: t for t in (resumed or {}).get("tasks", []) if t.get("fingerprint")}
+        others = [b for b in batches if int(b["batch"]) != k]
+        taken = set().union(*(_base_names(b) for b in others if int(b.get("group", b["batch"])) < group))
 
-        same_target = old and old.get("server") == session.host and old.get("project_id") == pid
-        if same_target and old.get("inputs_fingerprint") == fingerprint:
-            revision, superseded = int(old.get("revision", 1)), old.get("superseded", [])
-            done = {t["n"]: t for t in old.get("tasks", []) if t.get("fingerprint")}
-        elif same_target:
-            revision = int(old.get("revision", 1)) + 1
-            superseded = old.get("superseded", []) + [{"revision": old.get("revision", 1), "tasks": old.get("tasks", [])}]
-            done = {}
-            log.warning(
-                "inputs changed since the last upload (revision %s); creating new tasks as revision %d — "
-                "the earlier tasks stay on the server and are listed under 'superseded' in %s",
-                old.get("revision", 1), revision, receipt_path,
-            )
-        else:
-            revision, superseded, done = 1, [], {}
-
-        receipt = {
+        batch = {
             "version": RECEIPT_VERSION,
+            "batch": k,
+            "group": group,
+            "revision": revision,
             "server": session.host,
             "server_version": session.server_version,
             "organization": session.creds.organization,
@@ -400,21 +602,29 @@ def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session:
             "project_name": project.get("name"),
             "labels": labels,
             "classes": classes,
-            "revision": revision,
+            "record_ids": record_ids,
+            "frames_key": key,
             "inputs_fingerprint": fingerprint,
             "settings": upload_settings(cfg),
+            "started": (resumed or {}).get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "tasks": [],
-            "superseded": superseded,
         }
+
+        def save(complete: bool) -> None:
+            write_json(batch_path(run, k), {**batch, "complete": complete})
+            write_json(receipt_path, combined_receipt([*others, {**batch, "complete": complete}]))
+
         counts = {"created": 0, "reused": 0, "unchanged": 0}
         shapes_total = bytes_total = 0
         for plan in tqdm(plans, desc="upload-cvat tasks", unit="task", disable=None):
-            name = task_name(cfg, plan["n"], revision)
+            base, _ = base_task_name(cfg, plan["n"], revision, group=group, parts=len(plans))
+            name = task_name(cfg, plan["n"], revision, group=group, parts=len(plans), taken=taken)
             expected = [f["name"] for f in plan["frames"]]
             prev = done.get(plan["n"])
             if prev and prev.get("fingerprint") == plan["fingerprint"] and prev.get("name") == name:
                 if _still_there(session, int(prev["id"])):
-                    receipt["tasks"].append(prev)
+                    prev["frames"] = _frame_entries(run, plan["frames"])  # the kept copies (re-made if removed)
+                    batch["tasks"].append(prev)
                     counts["unchanged"] += 1
                     log.info("task %s %r unchanged: %s", prev["id"], name, prev.get("url"))
                     continue
@@ -427,9 +637,10 @@ def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session:
                     continue
                 names = frame_names(session, int(t["id"]))
                 if names != expected:
+                    key_hint = "cvat_upload.task_name" if fixed_name else "cvat_upload.task_name_template"
                     raise AgirError(
                         f"CVAT {session.host}: task {t['id']} is named {name!r} but holds other frames; "
-                        "rename or delete it, or change cvat_upload.task_name_template"
+                        f"rename or delete it, or change {key_hint}"
                     )
                 if tid is not None:
                     delete_task(session, int(t["id"]), f"duplicate of task {tid} {name!r}")
@@ -448,19 +659,20 @@ def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session:
                 "n": plan["n"],
                 "id": tid,
                 "name": name,
+                "base_name": base,
+                "revision": revision,
                 "url": session.task_url(tid),
                 "fingerprint": plan["fingerprint"],
-                "frames": [{"frame": i, "name": f["name"], "record_id": f["id"]} for i, f in enumerate(plan["frames"])],
+                "frames": _frame_entries(run, plan["frames"]),
                 "jobs": task_jobs(session, tid),
                 "shapes": stats["shapes"],
             }
-            receipt["tasks"].append(entry)
-            # the receipt after each task: a crash later never orphans this one
-            write_json(receipt_path, {**receipt, "complete": False})
+            batch["tasks"].append(entry)
+            # the receipts after each task: a crash later never orphans this one
+            save(False)
             print(f"CVAT task {tid} {name}: {entry['url']}", flush=True)
             log.info("task %s %r ready: %d frames, %d shapes: %s", tid, name, len(plan["frames"]), stats["shapes"], entry["url"])
-        receipt["complete"] = True
-        write_json(receipt_path, receipt)
+        save(True)
         http = session.http_seconds - http0
         nreq = session.requests - req0
     finally:
@@ -468,20 +680,23 @@ def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session:
             session.close()
 
     seconds = time.perf_counter() - t_start
-    uploaded = sum(len(p["frames"]) for p, t in zip(plans, receipt["tasks"]))
+    uploaded = sum(len(p["frames"]) for p, t in zip(plans, batch["tasks"]))
     metrics = {
-        "server": receipt["server"],
-        "server_version": receipt["server_version"],
-        "project_id": receipt["project_id"],
+        "server": batch["server"],
+        "server_version": batch["server_version"],
+        "project_id": batch["project_id"],
+        "batch": k,
+        "batches": len(others) + 1,
+        "group": group,
         "revision": revision,
-        "tasks": len(receipt["tasks"]),
+        "tasks": len(batch["tasks"]),
         "tasks_created": counts["created"],
         "tasks_reused": counts["reused"],
         "tasks_unchanged": counts["unchanged"],
         "frames": uploaded,
         "frames_sent": sum(len(p["frames"]) for p in plans if not (done.get(p["n"]) and done[p["n"]].get("fingerprint") == p["fingerprint"])),
         "skipped": skipped,
-        "shapes": sum(t.get("shapes", 0) for t in receipt["tasks"]),
+        "shapes": sum(t.get("shapes", 0) for t in batch["tasks"]),
         "shapes_sent": shapes_total,
         "bytes": bytes_total,
         "requests": nreq,
@@ -489,7 +704,7 @@ def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session:
         "encode_seconds": round(timing["encode_seconds"], 3),
         "http_seconds": round(http, 3),
         "frames_per_s": round(uploaded / seconds, 3) if seconds > 0 else None,
-        "task_urls": [t["url"] for t in receipt["tasks"]],
+        "task_urls": [t["url"] for t in batch["tasks"]],
     }
     update_metrics(run, "upload", metrics)
     return metrics

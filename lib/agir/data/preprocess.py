@@ -19,7 +19,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +41,7 @@ from agir.errors import AgirError, ConfigError
 from agir.images import image_size, read_image, write_image
 from agir.logs import get_logger
 from agir.masks import write_classes, write_mask
+from agir.names import file_stem
 from agir.runs import append_jsonl, dumps_json, read_json, read_jsonl, write_json, write_jsonl, write_text
 
 log = get_logger("agir.data.preprocess")
@@ -63,14 +63,6 @@ def _file_stamp(path: str) -> list:
     except OSError:
         return [path, None]
     return [path, st.st_size, st.st_mtime_ns]
-
-
-def file_stem(record_id: str) -> str:
-    """A file-name-safe stem; altered ids get a short hash so two ids never collide."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", record_id)
-    if safe != record_id or not safe:
-        safe = f"{safe}-{hashlib.sha1(record_id.encode()).hexdigest()[:6]}"
-    return safe
 
 
 def _pool_map(fn: Callable[[dict], dict], jobs: Sequence[dict], workers: int, desc: str) -> Iterator[dict]:

@@ -28,7 +28,7 @@ from agir.records import (
     species_color,
     species_name,
 )
-from agir.runs import read_jsonl
+from agir.runs import read_json, read_jsonl
 
 log = get_logger("agir.data.sources")
 
@@ -71,9 +71,81 @@ def _class_id(rec: Mapping) -> int | None:
 # ---------------------------------------------------------------- database masks
 
 
+def _active_selection(rnd: Path) -> dict | None:
+    """A round's select/selection.json when it narrowed the pool (strategy other than all), else None."""
+    path = rnd / "select" / "selection.json"
+    if not path.is_file():
+        return None
+    sel = read_json(path)
+    if not isinstance(sel, Mapping) or sel.get("strategy", "all") == "all":
+        return None
+    return dict(sel)
+
+
+def _selected_images(rnd: Path, sel: Mapping, records: list[dict], cfg: Mapping) -> set[str]:
+    """Image ids a selection chose: its selected_images, else its item ids mapped through the manifests."""
+    if sel.get("selected_images") is not None:
+        return {str(i) for i in sel["selected_images"]}
+    ids = {str(i) for i in sel.get("selected") or []}
+    out: set[str] = set()
+    for rel in ("infer/manifest.jsonl", "select/pool/manifest.jsonl"):
+        for line in read_jsonl(rnd / rel, missing_ok=True):
+            if str(line.get("id")) in ids and line.get("image_id") is not None:
+                out.add(str(line["image_id"]))
+    # items named by record id (cutout mode) or image id without a manifest line
+    for rec in records:
+        if record_id(rec, cfg) in ids or image_id(rec, cfg) in ids:
+            out.add(image_id(rec, cfg))
+    return out
+
+
+def db_mask_records(cfg: Mapping, run: Path) -> list[dict]:
+    """The query records whose database masks label this round's dataset.
+
+    Without an active selection (select.strategy other than all) in any round up to this one: this round's
+    query, unchanged. With one: the union over the rounds (preprocess.rounds, else every round of the
+    project up to this one that has query/query.json) of each round's selected images (all records of a
+    selected image, so its mask's classes are complete), or its whole query where it selected nothing
+    (strategy all = every candidate). Records of the same id: the newest round's wins.
+    """
+    run = Path(run)
+    project = run.parent
+    listed = (cfg.get("preprocess") or {}).get("rounds")
+    if listed:
+        rounds = [project / str(r) for r in sorted(set(map(str, listed)))]
+    else:
+        rounds = sorted(p for p in project.iterdir() if p.is_dir() and p.name <= run.name) if project.is_dir() else []
+    if run not in rounds:
+        rounds.append(run)
+    active = {r: _active_selection(r) for r in rounds}
+    if not any(active.values()):
+        return load_query_records(run)
+    chosen: dict[str, dict] = {}
+    for rnd in rounds:
+        if not (rnd / "query" / "query.json").is_file():
+            if rnd == run or active[rnd]:
+                load_query_records(rnd)  # raises the usual "run the query stage first"
+            continue
+        records = load_query_records(rnd)
+        sel = active[rnd]
+        if sel is not None:
+            images = _selected_images(rnd, sel, records, cfg)
+            kept = [r for r in records if image_id(r, cfg) in images]
+            found = {image_id(r, cfg) for r in kept}
+            if images - found:
+                log.warning("round %s: %d selected image(s) not in its query.json: %s", rnd.name,
+                            len(images - found), ", ".join(sorted(images - found)[:5]))
+            records = kept
+        for rec in records:
+            chosen[record_id(rec, cfg)] = rec
+        log.info("db_masks: round %s contributes %d record(s)%s", rnd.name, len(records),
+                 f" of its {sel['strategy']} selection" if sel else " (its whole query)")
+    return [chosen[k] for k in sorted(chosen)]
+
+
 def db_mask_samples(cfg: Mapping, run: Path) -> tuple[list[LabelledSample], list[dict]]:
-    """One sample per image_id of the query: the full image and its semantic mask (class-id values)."""
-    records = load_query_records(run)
+    """One sample per image_id of the records (see `db_mask_records`): the full image and its semantic mask."""
+    records = db_mask_records(cfg, run)
     by_image: dict[str, list[Mapping]] = {}
     for rec in records:
         by_image.setdefault(image_id(rec, cfg), []).append(rec)

@@ -201,8 +201,14 @@ class FilterBuilder:
             op = {"==": "=", "<>": "!="}.get(m.group(2), m.group(2))
             rest = m.group(3)
             if op in ("=", "!="):
-                return [self._membership(text, column, op, _split_values(rest))]
-            expr_sql, val = self._typed(column, _single_value(rest), f"filter {text!r}")
+                values = _split_values(rest)
+                if any(not v.quoted and v.raw == "" for v in values):
+                    raise _empty_value(text, m.group(2), column)
+                return [self._membership(text, column, op, values)]
+            value = _single_value(rest)
+            if not value.quoted and value.raw == "":
+                raise _empty_value(text, m.group(2), column)
+            expr_sql, val = self._typed(column, value, f"filter {text!r}")
             return [Condition(text, column, op, [val], f"{expr_sql} {op} ?", [val])]
         raise AgirError(
             f"filter {text!r}: not understood; use col=v, col=a,b, col!=v, col<v, col<=v, col>v, col>=v, "
@@ -255,6 +261,37 @@ class FilterBuilder:
                     raise AgirError(f"filter {text!r}: empty list for {column!r}; give at least one value")
                 out.append(self._membership(text, column, "=", [_obj_value(x) for x in vals]))
         return out
+
+
+def _empty_value(text: str, op: str, column: str) -> AgirError:
+    return AgirError(f"filter {text!r}: a value is missing after {op}; give one ({column}{op}NC), "
+                     f'quote an empty text ({column}{op}""), or write `{column} is null`')
+
+
+def filter_columns(source: Source, filters: Any) -> list[str]:
+    """The columns `filters` name, checked against the table, without reading any row.
+
+    A filter that is not understood is left to FilterBuilder, which says why.
+    """
+    out: list[str] = []
+    for f in normalize_filters(filters):
+        names: list[str] = []
+        if isinstance(f, Mapping):
+            names = [str(k) for k in f]
+        elif isinstance(f, str) and f.strip().startswith("{"):
+            try:
+                obj = json.loads(f)
+            except json.JSONDecodeError:
+                obj = None
+            names = [str(k) for k in obj] if isinstance(obj, dict) else []
+        elif isinstance(f, str):
+            m = RE_NULL.match(f) or RE_BETWEEN.match(f) or RE_BINARY.match(f)
+            names = [m.group(1)] if m else []
+        for name in names:
+            col = resolve_column(source, name, f"filter {f if isinstance(f, str) else json.dumps(f, default=str)!r}")
+            if col not in out:
+                out.append(col)
+    return out
 
 
 def _obj_value(v: Any) -> _Value:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import difflib
 import io
 import json
 import math
@@ -27,9 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from agir.db.filters import Condition, build_where, resolve_column
+from agir.db.filters import Condition, build_where, filter_columns, resolve_column
 from agir.db.sampling import SampleSpec, parse_sample, sample_sql
 from agir.db.sources import Source, open_source, quote_ident
+from agir.db.sqlite_reader import KEY_COLUMN
 from agir.errors import AgirError
 from agir.logs import get_logger
 from agir.runs import atomic_write, write_bytes, write_json, write_text
@@ -41,6 +43,8 @@ PREVIEW_COLUMNS = ("cutout_id", "id", "image_id", "category_common_name", "commo
                    "datetime", "camera_datetime", "estimated_area_bin", "estimated_bbox_area_cm2", "has_masks")
 SUMMARY_COLUMNS = ("category_common_name", "common_name")
 PREVIEW_WIDTH = 32
+CHECK_ROWS = 1000  # SQLite rows read by check_query_config to type the filter values
+NEAREST_SCAN = 100_000  # distinct values looked at when suggesting the nearest present value
 
 
 def _column_list(value: Any, source: Source, key: str) -> list[str]:
@@ -120,6 +124,106 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+def columns_needed(cfg: Mapping[str, Any], source: Source, id_column: str) -> list[str]:
+    """The columns filters, sampling and sort read (plus the id), checked against the table; no row is read.
+
+    Projection columns are checked but not included: they matter only for the selected rows.
+    """
+    q = cfg.get("query") or {}
+    cols = [id_column, *filter_columns(source, q.get("filters"))]
+    spec = parse_sample(q.get("sample"), source)
+    cols += spec.by if spec is not None else []
+    cols += [c for c, _ in parse_sort(q.get("sort"), source)]
+    _column_list(q.get("projection"), source, "projection")
+    return list(dict.fromkeys(cols))
+
+
+def _db_entry(cfg: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    q = cfg.get("query") or {}
+    db_name = str(q.get("db") or "semif")
+    dbs = cfg.get("db") or {}
+    if db_name not in dbs:
+        raise AgirError(f"query.db: no database {db_name!r} under db: (have {', '.join(dbs) or 'none'}); "
+                        f"add db.{db_name} or pick one of those")
+    return db_name, dbs[db_name]
+
+
+def _open_for_query(cfg: Mapping[str, Any], check_only: bool = False) -> tuple[Source, str, str, Mapping]:
+    """Open the configured source and load what the query reads (SQLite: only those columns)."""
+    db_name, db_cfg = _db_entry(cfg)
+    source = open_source(db_cfg, db_name)
+    try:
+        id_column = source.check_column(db_cfg.get("id_column") or "cutout_id", f"db.{db_name}.id_column")
+        needed = columns_needed(cfg, source, id_column)
+        source.load(needed, id_column, limit=CHECK_ROWS if check_only else None)
+    except BaseException:
+        source.close()
+        raise
+    return source, id_column, db_name, db_cfg
+
+
+def check_query_config(cfg: Mapping[str, Any]) -> None:
+    """Raise AgirError (one line) if the query stage would refuse `cfg`; writes nothing.
+
+    Opens the source read-only and cheaply (DuckDB/Parquet/CSV: a view; SQLite: the first
+    CHECK_ROWS rows of the columns the query reads) and builds the whole query: unknown columns in
+    filters, sample, sort or projection (with the closest name), malformed filters or values,
+    bad sample specs, limit/offset/preview/out. Meant to run before Snakemake removes old outputs.
+    """
+    q = cfg.get("query") or {}
+    _out_formats(q.get("out"))
+    _nonneg(q.get("preview"), "preview")
+    source, id_column, _, _ = _open_for_query(cfg, check_only=True)
+    try:
+        build_query(cfg, source, id_column)
+    finally:
+        source.close()
+
+
+def _nearest(value: str, present: list[str], n: int = 3) -> list[str]:
+    """Present values that contain `value` (any case), else those that look like it."""
+    low = value.lower().strip()
+    found = sorted((p for p in present if low and low in p.lower()), key=lambda p: (len(p), p))[:n]
+    if found:
+        return found
+    lowered: dict[str, str] = {}
+    for p in present:
+        lowered.setdefault(p.lower(), p)
+    return [lowered[m] for m in difflib.get_close_matches(low, list(lowered), n=n, cutoff=0.6)]
+
+
+def warn_absent_values(source: Source, conds: list[Condition]) -> list[str]:
+    """One WARNING per equality/list filter on a text column naming the values no row has, with the
+    nearest present values (`wheat` -> 'winter wheat'); returns the lines logged."""
+    lines = []
+    for c in conds:
+        col = quote_ident(c.column)
+        # only plain text comparisons: dates and numbers compare through expressions or as numbers
+        if c.op not in ("=", "in") or source.column_kind(c.column) != "text" or not c.sql.startswith(col + " "):
+            continue
+        values = [v for v in c.values if isinstance(v, str)]
+        if not values:
+            continue
+        marks = ", ".join("?" for _ in values)
+        present = {r[0] for r in source.con.execute(
+            f"SELECT DISTINCT {col} FROM {source.view} WHERE {col} IN ({marks})", values).fetchall()}
+        missing = [v for v in values if v not in present]
+        if not missing:
+            continue
+        pool = [r[0] for r in source.con.execute(
+            f"SELECT DISTINCT {col} FROM {source.view} WHERE {col} IS NOT NULL LIMIT {NEAREST_SCAN}").fetchall()]
+        parts = []
+        for v in missing:
+            near = _nearest(v, pool)
+            parts.append(f"{v!r} (nearest present: {', '.join(repr(x) for x in near)})" if near
+                         else f"{v!r} (no similar value)")
+        line = (f"filter {c.text!r}: no record has {c.column} = {'; '.join(parts)}; "
+                "check the spelling or the values with --preview")
+        log.warning("%s", line)
+        lines.append(line)
+    return lines
+
+
 def build_query(cfg: Mapping[str, Any], source: Source, id_column: str) -> dict[str, Any]:
     """Everything the query will do, validated: SQL + parameters and the parsed pieces."""
     q = cfg.get("query") or {}
@@ -136,14 +240,17 @@ def build_query(cfg: Mapping[str, Any], source: Source, id_column: str) -> dict[
     if id_column not in [c for c, _ in sort]:
         order.append(f"{quote_ident(id_column)} ASC")  # a total order: same query, same records
     select = ", ".join(quote_ident(c) for c in projection) if projection else "*"
-    final = f"SELECT {select} FROM ({sampled}) AS sampled ORDER BY {', '.join(order)}"
+    tail = f" ORDER BY {', '.join(order)}"
     if limit is not None:
-        final += f" LIMIT {limit}"
+        tail += f" LIMIT {limit}"
     if offset:
-        final += f" OFFSET {offset}"
+        tail += f" OFFSET {offset}"
+    final = f"SELECT {select} FROM ({sampled}) AS sampled{tail}"
+    # SQLite sources hold only the needed columns in DuckDB: select the row keys, fetch the rows after
+    keys = f"SELECT {quote_ident(KEY_COLUMN)} FROM ({sampled}) AS sampled{tail}" if source.lazy else None
     return {"where": where, "where_params": where_params, "conditions": conds, "sample": spec,
             "projection": projection, "sort": sort, "limit": limit, "offset": offset,
-            "sampled_sql": sampled, "params": params, "sql": final, "columns": out_cols}
+            "sampled_sql": sampled, "params": params, "sql": final, "keys_sql": keys, "columns": out_cols}
 
 
 def _group_counts(source: Source, plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -236,22 +343,20 @@ def run_query_stage(cfg: Mapping[str, Any], run: str | Path, **_: Any) -> dict[s
     """Run the query stage for `cfg` into `{run}/query/`; returns the metrics dict."""
     started = time.perf_counter()
     q = cfg.get("query") or {}
-    db_name = str(q.get("db") or "semif")
-    dbs = cfg.get("db") or {}
-    if db_name not in dbs:
-        raise AgirError(f"query.db: no database {db_name!r} under db: (have {', '.join(dbs) or 'none'}); "
-                        f"add db.{db_name} or pick one of those")
-    db_cfg = dbs[db_name]
     formats = _out_formats(q.get("out"))
     preview = _nonneg(q.get("preview"), "preview") or 0
-    source = open_source(db_cfg, db_name)
+    source, id_column, db_name, db_cfg = _open_for_query(cfg)
     try:
-        id_column = source.check_column(db_cfg.get("id_column") or "cutout_id", f"db.{db_name}.id_column")
         plan = build_query(cfg, source, id_column)
+        warn_absent_values(source, plan["conditions"])
         rows_total = source.row_count()
         rows_matched = int(source.con.execute(
             f"SELECT count(*) FROM {source.view} WHERE {plan['where']}", plan["where_params"]).fetchall()[0][0])
-        table = source.con.sql(plan["sql"], params=plan["params"]).to_arrow_table()
+        if plan["keys_sql"] is not None:
+            keys = source.con.execute(plan["keys_sql"], plan["params"]).fetchnumpy()[KEY_COLUMN].tolist()
+            table = source.fetch_rows(keys, plan["columns"])
+        else:
+            table = source.con.sql(plan["sql"], params=plan["params"]).to_arrow_table()
         spec: SampleSpec | None = plan["sample"]
         groups = _group_counts(source, plan) if spec is not None and spec.mode == "stratified" else None
         # rows after sampling, before offset/limit: known without running the sample again
@@ -263,6 +368,9 @@ def run_query_stage(cfg: Mapping[str, Any], run: str | Path, **_: Any) -> dict[s
             rows_sampled = min(rows_matched, int(spec.n or 0))
         fingerprint = source.fingerprint()
         kind = source.kind
+        # SQLite: which columns were read for every row, and how the selected rows were found again
+        read = ({"columns": source.loaded, "rows_by": source.sqlite.key_name} if source.sqlite is not None
+                else None)
     finally:
         source.close()
 
@@ -273,7 +381,7 @@ def run_query_stage(cfg: Mapping[str, Any], run: str | Path, **_: Any) -> dict[s
         "asked": {k: q.get(k) for k in ("db", "filters", "sample", "projection", "sort", "limit", "offset",
                                          "preview", "out")},
         "database": {"name": db_name, "kind": kind, "path": str(db_cfg.get("path")), "table": db_cfg.get("table"),
-                     "id_column": id_column, "fingerprint": fingerprint},
+                     "id_column": id_column, "fingerprint": fingerprint, "read": read},
         "filters": [_jsonable(c.as_dict()) for c in conds],
         "sample": spec.as_dict() if spec else None,
         "projection": plan["projection"] or None,

@@ -1,10 +1,15 @@
 """Database sources opened in DuckDB: a DuckDB file, Parquet/CSV file(s), or a SQLite file.
 
-DuckDB is the query engine for every source. SQLite files (the real AgIR databases) are read
-read-only through Python's sqlite3 (`mode=ro`, journal mode untouched) and copied into an
-in-memory DuckDB table, so the source file is never modified. Each opened source exposes the
-table under the fixed view name `SOURCE_VIEW`, its columns with their DuckDB types, and a
-fingerprint (size, mtime, row count, content hash for files up to 256 MB) for query_spec.json.
+DuckDB is the query engine for every source. Each opened source exposes the table under the fixed
+view name `SOURCE_VIEW`, its columns with their DuckDB types, and a fingerprint (size, mtime, row
+count, content hash for files up to 256 MB) for query_spec.json.
+
+SQLite files (the real AgIR databases) are opened read-only and never modified or copied whole:
+`Source.load(columns)` reads just the columns a query needs (plus SQLite's rowid, as the key column)
+into an in-memory DuckDB table through the ADBC driver (see sqlite_reader), filters and sampling
+run there exactly as for any other source, and `Source.fetch_rows` reads the full rows of the
+selected records afterwards. DuckDB's own sqlite extension would need a download (no package ships
+it for DuckDB 2.x), and a cached whole-table copy no longer pays (see benchmarks/query_bench.py).
 """
 
 from __future__ import annotations
@@ -13,15 +18,16 @@ import difflib
 import glob
 import hashlib
 import os
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import adbc_driver_sqlite.dbapi as adbc
 import duckdb
 import pyarrow as pa
 
+from agir.db.sqlite_reader import MARK_COLUMN, SqliteTable, missing_table_error
 from agir.errors import AgirError
 
 SOURCE_VIEW = "agir_source"
@@ -29,7 +35,6 @@ HASH_LIMIT_BYTES = 256 * 1024 * 1024
 SQLITE_MAGIC = b"SQLite format 3\x00"
 PARQUET_MAGIC = b"PAR1"
 CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".txt")
-SQLITE_FETCH_ROWS = 50_000
 
 NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                  "UBIGINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL")
@@ -66,6 +71,9 @@ class Source:
     table: str
     columns: dict[str, str]  # column name -> DuckDB type, in table order
     files: list[Path] = field(default_factory=list)
+    sqlite: SqliteTable | None = None  # set for SQLite sources: rows are read on request
+    name: str = "semif"
+    loaded: list[str] | None = None  # SQLite: the columns now in SOURCE_VIEW (besides the key)
 
     @property
     def view(self) -> str:
@@ -86,6 +94,55 @@ class Source:
         hint = f"did you mean {lower[close[0]]!r}?" if close else f"columns include {', '.join(list(self.columns)[:8])}, ..."
         raise AgirError(f"{where}: unknown column {text!r} in table {self.table!r} of {self.path} ({hint})")
 
+    @property
+    def lazy(self) -> bool:
+        """True when SOURCE_VIEW holds only the loaded columns and full rows come from fetch_rows."""
+        return self.sqlite is not None
+
+    def load(self, columns: list[str], id_column: str, limit: int | None = None) -> None:
+        """Make SOURCE_VIEW hold `columns` (+ the SQLite row key); a no-op for every other kind.
+
+        `limit` reads only the first rows: enough to type-check a query without reading the table.
+        """
+        if self.sqlite is None:
+            return
+        self.sqlite.use_id_key(id_column)
+        wanted = set(columns)
+        cols = [c for c in self.columns if c in wanted]
+
+        def consume(reader: pa.RecordBatchReader) -> None:
+            self.con.execute(f"DROP VIEW IF EXISTS {SOURCE_VIEW}")
+            self.con.execute("DROP TABLE IF EXISTS agir_sqlite")
+            self.con.register("agir_stream", reader)
+            try:
+                self.con.execute(f"CREATE TABLE agir_sqlite AS SELECT * EXCLUDE ({MARK_COLUMN}) "
+                                 f"FROM agir_stream WHERE {MARK_COLUMN} = 0")
+            finally:
+                self.con.unregister("agir_stream")
+
+        try:
+            self.sqlite.stream(cols, consume, limit)
+        except (duckdb.Error, adbc.Error, OSError) as exc:
+            raise AgirError(f"db.{self.name}.path: cannot read {self.path} ({str(exc).splitlines()[0]}); "
+                            "check the file is a complete SQLite database") from exc
+        self.con.execute(f"CREATE TEMP VIEW {SOURCE_VIEW} AS SELECT * FROM agir_sqlite")
+        self.loaded = cols
+        for c in self.columns:  # a column may have been widened to hold every stored value
+            self.columns[c] = self.sqlite.duck_type(c)
+
+    def fetch_rows(self, keys: list[Any], columns: list[str]) -> pa.Table:
+        """SQLite: the rows whose key (sqlite_reader.KEY_COLUMN) is in `keys`, in that order, with `columns`."""
+        if self.sqlite is None:
+            raise AgirError("fetch_rows is for SQLite sources")
+        try:
+            table = self.sqlite.fetch(keys, columns)
+        except (adbc.Error, OSError, pa.ArrowException) as exc:
+            raise AgirError(f"db.{self.name}.path: cannot read rows of {self.path} "
+                            f"({str(exc).splitlines()[0]}); check the file") from exc
+        for c in columns:
+            self.columns[c] = self.sqlite.duck_type(c)
+        return table
+
     def row_count(self) -> int:
         return int(self.con.execute(f"SELECT count(*) FROM {SOURCE_VIEW}").fetchall()[0][0])
 
@@ -94,6 +151,8 @@ class Source:
 
     def close(self) -> None:
         self.con.close()
+        if self.sqlite is not None:
+            self.sqlite.close()
 
 
 def fingerprint_files(files: list[Path], rows: int) -> dict[str, Any]:
@@ -166,11 +225,13 @@ def open_source(db_cfg: Mapping[str, Any], name: str = "semif") -> Source:
     kind = kinds.pop()
     if kind in ("duckdb", "sqlite") and len(files) > 1:
         raise AgirError(f"db.{name}.path: a glob of {kind} files is not supported; give one database file")
+    lite: SqliteTable | None = None
+    cols: dict[str, str] | None = None
     try:
         if kind == "duckdb":
             con = _open_duckdb(files[0], table)
         elif kind == "sqlite":
-            con = _open_sqlite(files[0], table)
+            con, lite, cols = _open_sqlite(files[0], table)
         else:
             con = duckdb.connect()
             strs = [str(f) for f in files]
@@ -178,17 +239,13 @@ def open_source(db_cfg: Mapping[str, Any], name: str = "semif") -> Source:
             rel.create_view(SOURCE_VIEW)
     except AgirError:
         raise
-    except (duckdb.Error, sqlite3.Error, OSError) as exc:
+    except (duckdb.Error, adbc.Error, OSError) as exc:
         raise AgirError(f"db.{name}.path: cannot read {path_text} as {kind} ({str(exc).splitlines()[0]}); "
                         "check the file is complete and of that kind") from exc
-    cols = {r[0]: r[1] for r in con.execute(f"DESCRIBE {SOURCE_VIEW}").fetchall()}
-    return Source(con=con, kind=kind, path=path_text, table=table, columns=cols, files=files)
-
-
-def _suggest_table(table: str, tables: list[str], path: Path) -> AgirError:
-    close = difflib.get_close_matches(table, tables, n=1, cutoff=0.4)
-    hint = f"did you mean {close[0]!r}?" if close else f"tables: {', '.join(tables) or 'none'}"
-    return AgirError(f"{path}: no table {table!r} ({hint}); set db.<name>.table")
+    if cols is None:
+        cols = {r[0]: r[1] for r in con.execute(f"DESCRIBE {SOURCE_VIEW}").fetchall()}
+    return Source(con=con, kind=kind, path=path_text, table=table, columns=cols, files=files, sqlite=lite,
+                  name=name)
 
 
 def _open_duckdb(path: Path, table: str) -> duckdb.DuckDBPyConnection:
@@ -197,134 +254,12 @@ def _open_duckdb(path: Path, table: str) -> duckdb.DuckDBPyConnection:
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1").fetchall()]
     if table not in tables:
         con.close()
-        raise _suggest_table(table, tables, path)
+        raise missing_table_error(table, tables, path)
     con.execute(f"CREATE TEMP VIEW {SOURCE_VIEW} AS SELECT * FROM main.{quote_ident(table)}")
     return con
 
 
-# SQLite declared type -> (DuckDB type, Arrow type) by SQLite's type-affinity rules.
-def _affinity(decl: str) -> tuple[str, pa.DataType]:
-    d = (decl or "").upper()
-    if "INT" in d:
-        return "BIGINT", pa.int64()
-    if any(k in d for k in ("CHAR", "CLOB", "TEXT")):
-        return "VARCHAR", pa.string()
-    if any(k in d for k in ("REAL", "FLOA", "DOUB")) or "NUMERIC" in d or "DECIMAL" in d:
-        return "DOUBLE", pa.float64()
-    if "BOOL" in d:
-        return "BIGINT", pa.int64()
-    return "VARCHAR", pa.string()
-
-
-def _to_arrow(values: list, typ: pa.DataType) -> pa.Array:
-    try:
-        return pa.array(values, type=typ)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        # SQLite is dynamically typed: a column declared INTEGER may hold text. Keep such columns as text
-        # rather than guessing, so no value is silently changed.
-        return pa.array([None if v is None else (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
-                         for v in values], type=pa.string())
-
-
-def sqlite_cache_dir() -> Path | None:
-    """Where SQLite sources are cached as DuckDB copies ($AGIR_CACHE_DIR, else ~/.cache/agir); None = off."""
-    env = os.environ.get("AGIR_CACHE_DIR")
-    if env is not None and env.strip().lower() in ("", "0", "off", "none"):
-        return None
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agir"
-    return base / "sqlite"
-
-
-def _open_sqlite(path: Path, table: str) -> duckdb.DuckDBPyConnection:
-    """The SQLite table copied into DuckDB, reusing a cached copy while the file is unchanged.
-
-    Copying goes through Python's sqlite3 (~10 s per 50k rows of 62 columns), so the copy is kept
-    in the cache folder keyed by the file's path, size and mtime; the source itself is never touched.
-    """
-    cache = sqlite_cache_dir()
-    if cache is None:
-        con = duckdb.connect()
-        _copy_sqlite(path, table, con)
-        con.execute(f"CREATE TEMP VIEW {SOURCE_VIEW} AS SELECT * FROM agir_sqlite")
-        return con
-    st = path.stat()
-    stem = hashlib.sha1(f"{path.resolve()}|{table}".encode()).hexdigest()[:16]
-    target = cache / f"{stem}-{st.st_size}-{st.st_mtime_ns}.duckdb"
-    if not target.exists():
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.unlink(missing_ok=True)
-            con = duckdb.connect(str(tmp))
-            try:
-                _copy_sqlite(path, table, con)
-                con.execute("CHECKPOINT")
-            except BaseException:
-                con.close()
-                for p in (tmp, Path(f"{tmp}.wal")):
-                    p.unlink(missing_ok=True)
-                raise
-            con.close()
-            os.replace(tmp, target)
-            for old in cache.glob(f"{stem}-*.duckdb"):  # copies of earlier versions of this file
-                if old != target:
-                    old.unlink(missing_ok=True)
-        except OSError:
-            # cache folder not writable: copy into memory instead
-            con = duckdb.connect()
-            _copy_sqlite(path, table, con)
-            con.execute(f"CREATE TEMP VIEW {SOURCE_VIEW} AS SELECT * FROM agir_sqlite")
-            return con
-    con = duckdb.connect(str(target), read_only=True)
-    con.execute(f"CREATE TEMP VIEW {SOURCE_VIEW} AS SELECT * FROM agir_sqlite")
-    return con
-
-
-def _copy_sqlite(path: Path, table: str, con: duckdb.DuckDBPyConnection) -> None:
-    """Copy one SQLite table into `con` as table agir_sqlite (types from the declared affinities)."""
-    # mode=ro: SQLite itself refuses writes; the journal mode is never touched. Without a live -wal
-    # sidecar (no writer active, every commit is in the main file), open it immutable too, because a
-    # read-only reader of a WAL database otherwise leaves new -wal/-shm files beside the source.
-    uri = "file:" + str(path.resolve()).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
-    if not Path(str(path) + "-wal").exists():
-        uri += "&immutable=1"
-    src = sqlite3.connect(uri, uri=True)
-    try:
-        tables = [r[0] for r in src.execute(
-            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name").fetchall()]
-        if table not in tables:
-            raise _suggest_table(table, tables, path)
-        info = src.execute("SELECT name, type FROM pragma_table_info(?)", (table,)).fetchall()
-        names = [r[0] for r in info]
-        types = [_affinity(r[1]) for r in info]
-        col_sql = ", ".join(quote_ident(n) for n in names)
-        cur = src.execute(f"SELECT {col_sql} FROM {quote_ident(table)}")
-        created = False
-        while True:
-            rows = cur.fetchmany(SQLITE_FETCH_ROWS)
-            if not rows and created:
-                break
-            cols = list(zip(*rows)) if rows else [[] for _ in names]
-            arrays = [_to_arrow(list(c), t[1]) for c, t in zip(cols, types)]
-            batch = pa.table(arrays, names=names)
-            if not created:
-                # Types are fixed by the declared affinities (first batch decides text fallbacks).
-                con.register("agir_batch", batch)
-                con.execute("CREATE TABLE agir_sqlite AS SELECT * FROM agir_batch")
-                con.unregister("agir_batch")
-                created = True
-                fixed = {r[0]: r[1] for r in con.execute("DESCRIBE agir_sqlite").fetchall()}
-                types = [(fixed[n], pa.string() if fixed[n] == "VARCHAR" else t[1]) for n, t in zip(names, types)]
-            else:
-                for n, arr, t in zip(names, arrays, list(types)):
-                    if arr.type == pa.string() and t[0] != "VARCHAR":
-                        # a later batch holds text in a numeric column: widen the column to text
-                        con.execute(f"ALTER TABLE agir_sqlite ALTER {quote_ident(n)} TYPE VARCHAR")
-                        types[names.index(n)] = ("VARCHAR", pa.string())
-                con.register("agir_batch", batch)
-                con.execute(f"INSERT INTO agir_sqlite SELECT {col_sql} FROM agir_batch")
-                con.unregister("agir_batch")
-            if not rows:
-                break
-    finally:
-        src.close()
+def _open_sqlite(path: Path, table: str) -> tuple[duckdb.DuckDBPyConnection, SqliteTable, dict[str, str]]:
+    """The SQLite table opened read-only (schema only); rows reach DuckDB through Source.load."""
+    lite = SqliteTable(path, table)
+    return duckdb.connect(), lite, {c: lite.duck_type(c) for c in lite.kinds}

@@ -46,10 +46,11 @@ from agir.train.stage import run_train_stage  # noqa: E402
 EXAMPLES = ROOT.parent / "shared" / "data" / "semif_examples"
 TILE = 384
 
-# (a) scripts/demo.py's train settings (num_workers, val cadence as there).
+# (a) scripts/demo.py's train settings (its val cadence too; epochs and steps come from the command line).
 DEMO = {
     "arch": "Linknet", "encoder": "timm-mobilenetv3_small_minimal_100", "crop_size": 224, "batch_size": 8,
-    "lr": 0.003, "val_every_n_epochs": 5, "max_val_batches": 10, "num_workers": 1,
+    "lr": 0.003, "val_every_n_epochs": 5, "max_val_batches": 10,
+    "num_workers": 0,  # the demo uses 1; a loader process only competes for the 2 shared cores here
 }
 # (b) improved for few real photos: whole native-scale tiles as crops (more context per sample, at the
 # cost of a smaller batch so each step costs the same), stronger colour jitter (species differ in

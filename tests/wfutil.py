@@ -48,7 +48,7 @@ def run_snakemake(workdir: Path, *args: str, config: str = "config.yaml", check:
 
 def planned_rules(workdir: Path, *args: str, config: str = "config.yaml") -> dict[str, int]:
     """Rules (and job counts) a dry run would execute."""
-    proc = run_snakemake(workdir, "-n", "--quiet", "rules", *args, config=config)
+    proc = run_snakemake(workdir, *args, "-n", "--quiet", "rules", config=config)
     out: dict[str, int] = {}
     for line in proc.stdout.splitlines():
         parts = line.split()

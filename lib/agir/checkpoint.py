@@ -119,25 +119,25 @@ def save_checkpoint(
     return Path(path)
 
 
+# Lightning's hparams container (a plain dict subclass, under its old and new module names) is read
+# as a plain dict: allow-listed by name, so nothing of Lightning is imported or run while loading.
+SAFE_AS_DICT = [
+    (dict, "lightning.fabric.utilities.data.AttributeDict"),
+    (dict, "lightning.pytorch.utilities.parsing.AttributeDict"),
+    (dict, "pytorch_lightning.utilities.parsing.AttributeDict"),
+]
+
+
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_AS_DICT):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if path.suffix == ".ckpt" and "AttributeDict" in text:
-            # Lightning stores hparams as AttributeDict, a plain dict subclass: safe to allow.
-            from lightning.fabric.utilities.data import AttributeDict
-
-            with torch.serialization.safe_globals([AttributeDict]):
-                try:
-                    return torch.load(path, map_location="cpu", weights_only=True)
-                except pickle.UnpicklingError as exc2:
-                    text = str(exc2)
-        found = re.search(r"(?:[Uu]nsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)
+        found = re.search(r"(?:[Uu]nsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(exc))
         if found:
             raise AgirError(
                 f"{path}: refused to load, the file would import {found.group(1)} (only tensors and plain data "
-                "are allowed); use a best.pth written by agir's train stage"
+                "are allowed); use a best.pth from agir's train stage or re-save the weights as a plain state_dict"
             ) from exc
         raise AgirError(f"{path}: not a readable PyTorch checkpoint; check seg_inference.model.ckpt_path") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:

@@ -54,6 +54,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("snakemake_args", nargs="*", help="extra Snakemake arguments after --")
 
 
+def _int_or_null(text: str) -> int | str:
+    """An integer, or `null`/`none` to clear the saved value."""
+    if text.strip().lower() in ("null", "none", "~"):
+        return "null"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or null, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agir-cvtoolkit",
@@ -69,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sample", help="random:n=N | seeded:n=N,seed=S | stratified:by=a|b,per_group=K[,seed=S]")
     q.add_argument("--projection", help="comma-separated columns to keep")
     q.add_argument("--sort", help="col:asc|desc,... (after sampling)")
-    q.add_argument("--limit", type=int)
-    q.add_argument("--offset", type=int)
-    q.add_argument("--preview", type=int, help="print the first N records")
+    q.add_argument("--limit", type=_int_or_null, help="at most N records (null clears an earlier --limit)")
+    q.add_argument("--offset", type=_int_or_null)
+    q.add_argument("--preview", type=_int_or_null, help="print the first N records")
     q.add_argument("--out", help="extra output formats: csv, parquet or csv,parquet (json is always written)")
     _common(q)
 
@@ -120,6 +130,9 @@ def query_flag_overrides(args: argparse.Namespace) -> list[str]:
     for dest, key in QUERY_FLAGS.items():
         val = getattr(args, dest, None)
         if val is None:
+            continue
+        if isinstance(val, str) and val.strip().lower() in ("null", "none", "~"):
+            out.append(f"{key}=null")  # clears the saved value
             continue
         if dest == "out":
             val = [v.strip() for v in str(val).split(",") if v.strip()]
@@ -270,9 +283,11 @@ def run_snakemake(cmd: list[str], env: dict) -> tuple[int, list[str]]:
 def snakemake_error(lines: list[str], run: Path) -> str:
     """One line for the actual error: the failed rule's own message from its log, or what Snakemake refused."""
     text = "\n".join(lines)
-    m = re.search(r"Missing input files for rule (\S+?):.*?affected files:\s*\n\s*(\S+)", text, re.S)
-    if m:
-        return f"rule {m.group(1)} needs {m.group(2)}, which is missing and no rule makes it; create it or fix the setting that names it"
+    for rule, files in re.findall(r"Missing input files for rule (\S+?):.*?affected files:\s*\n((?:\s+\S+\n?)+)", text, re.S):
+        missing = [f for f in files.split() if "/.agir/not-used/" not in f]
+        if missing:
+            return (f"rule {rule} needs {missing[0]}, which is missing and no rule makes it; "
+                    "create it or fix the setting that names it")
     if "LockException" in text or "Directory cannot be locked" in text:
         return ("another Snakemake is running in this folder (its lock is held by a live process); wait for it, "
                 "or stop it and rerun this command")

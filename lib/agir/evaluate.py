@@ -203,6 +203,10 @@ def gallery_figure(items: Sequence[tuple], run: Path, title: str):
         axes[0, 1].text(0.5, 0.5, "no pre-label has a database mask", ha="center", va="center")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    if items:
+        from agir.legend import add_class_legend
+
+        add_class_legend(fig, items[0][4])
     return fig
 
 

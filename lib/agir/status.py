@@ -143,7 +143,10 @@ class Plan:
         if self.error is not None:
             return "unknown"
         why = self.pending.get(path.resolve())
-        return "done" if why is None else f"stale ({why})" if why and why != "ok" else "stale"
+        if why is None:
+            return "done"
+        # status `ok` with an update pending: something upstream of it will be rebuilt first
+        return f"stale ({why})" if why and why != "ok" else "stale (upstream)"
 
 
 def parse_summary(text: str, cwd: Path) -> dict[Path, str]:
@@ -166,9 +169,12 @@ def parse_summary(text: str, cwd: Path) -> dict[Path, str]:
 
 
 def _first_error(text: str) -> str:
+    """One line out of Snakemake's error text (`WorkflowError:` alone is followed by the message)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
+    for i, ln in enumerate(lines):
         if any(k in ln for k in ("Error", "error", "Exception")):
+            if ln.endswith(":") and i + 1 < len(lines):
+                ln = f"{ln} {lines[i + 1]}"
             return ln[:200]
     return (lines[-1] if lines else "no output")[:200]
 
@@ -182,13 +188,14 @@ def dry_run_plan(config_file: str | Path | None, overrides: Mapping[str, Any], t
         return Plan()
     cwd = Path(cwd or Path.cwd())
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow_root() / "Snakefile"),
-           "--cores", "1", "--summary", "--configfile", str(config_file or default_config_path())]
+           "--cores", "1", "--summary", *map(str, targets)]
+    # --configfile takes several values: it goes last so that it does not swallow the targets
+    cmd += ["--configfile", str(config_file or default_config_path())]
     with tempfile.TemporaryDirectory(prefix="agir-status-") as tmp:
         if overrides:
             extra = Path(tmp) / "overrides.yaml"
             write_yaml(extra, overrides_as_tree(overrides))
             cmd.append(str(extra))
-        cmd += [str(t) for t in targets]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=DRY_RUN_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -282,8 +289,10 @@ def round_lines(rnd: Round, plan: Plan | None, configured: bool = False) -> list
     if rnd.error:
         lines.append(f"  settings: {rnd.error}")
     stages, reasons = not_in_round_reasons(rnd.cfg) if rnd.cfg is not None else (None, {})
-    for stage, state, numbers in round_states(rnd.run, plan if rnd.cfg is not None else None, stages, reasons):
-        lines.append(f"  {stage:<11} {state:<17} {numbers}".rstrip())
+    rows = round_states(rnd.run, plan if rnd.cfg is not None else None, stages, reasons)
+    width = max([16] + [len(state) for _, state, _ in rows])
+    for stage, state, numbers in rows:
+        lines.append(f"  {stage:<11} {state:<{width}} {numbers}".rstrip())
     for extra in (selection_line(rnd.run), prelabeler_line(rnd.run)):
         if extra:
             lines.append(f"  {extra}")

@@ -32,8 +32,9 @@ def make_infer_outputs(
     names: list[str] | None = None,
     seed: int = 0,
     failed: int = 0,
+    prefix: str = "rec",
 ) -> dict[str, np.ndarray]:
-    """Write `n` ok records (+ `failed` failed ones) under run/infer; return {id: mask}."""
+    """Write `n` ok records (+ `failed` failed ones) under run/infer; return {id: mask}. Ids are `{prefix}{i:04d}`."""
     rng = np.random.default_rng(seed)
     names = names or CLASS_NAMES
     classes = make_classes(names, CLASS_COLORS)
@@ -41,7 +42,7 @@ def make_infer_outputs(
     h, w = size
     masks, lines = {}, []
     for i in range(n):
-        rid = f"rec{i:04d}"
+        rid = f"{prefix}{i:04d}"
         mask = synth_mask(rng, h, w, len(names))
         img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         write_image(infer / "images" / f"{rid}.jpg", img, 90)

@@ -72,9 +72,3 @@ def query_ids(tmp_path: Path):
 @pytest.fixture()
 def cfg_for():
     return make_cfg
-
-
-@pytest.fixture(autouse=True)
-def _sqlite_cache(tmp_path_factory, monkeypatch):
-    """Keep SQLite-copy caches out of the home folder."""
-    monkeypatch.setenv("AGIR_CACHE_DIR", str(tmp_path_factory.mktemp("agir_cache")))

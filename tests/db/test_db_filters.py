@@ -68,6 +68,18 @@ def test_values_are_typed_by_column(tiny_db, query_ids):
     assert query_ids(tiny_db, filters=['estimated_bbox_area_cm2="700.0"']) == ["NC_2_0"]
 
 
+@pytest.mark.parametrize("expr", ["state==", "state=", "state!=", "state=NC,", "state=NC,,TX", "estimated_bbox_area_cm2>="])
+def test_a_missing_value_is_an_error(tiny_db, query_ids, expr):
+    with pytest.raises(AgirError, match=r"a value is missing after .*quote an empty text.*is null") as err:
+        query_ids(tiny_db, filters=[expr])
+    assert "\n" not in str(err.value)
+
+
+def test_an_empty_text_is_asked_for_with_quotes(tiny_db, query_ids):
+    assert query_ids(tiny_db, filters=['state=""']) == []
+    assert query_ids(tiny_db, filters=['state!=""']) == ["MD_1_0", "NC_1_0", "NC_1_1", "NC_2_0", "TX_1_0", "TX_1_1"]
+
+
 def test_area_bin_alias(tiny_db, query_ids):
     assert query_ids(tiny_db, filters=["area_bin=0-100"]) == ["NC_1_0", "TX_1_1"]
     assert query_ids(tiny_db, filters=['{"area_bin": ["500-1000", "1000-5000"]}']) == ["NC_2_0", "TX_1_0"]

@@ -85,3 +85,23 @@ def _rec(cid, iid, path, bbox, species, color, w=None, h=None):
 @pytest.fixture
 def rec_factory():
     return _rec
+
+
+def _tiny_checkpoint(path, classes=("barley", "palmer amaranth"), head="softmax", tile_size=96):
+    import torch
+
+    from agir.checkpoint import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    n = 1 if head == "sigmoid" else len(classes) + 1
+    model = build_model("Unet", "resnet18", 3, n)
+    save_checkpoint(path, model.state_dict(), arch="Unet", encoder="resnet18", in_channels=3, classes=list(classes),
+                    mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], tile_size=tile_size, overlap=0.25,
+                    metrics={}, config={}, head=head)
+    return path
+
+
+@pytest.fixture
+def tiny_checkpoint():
+    """A function (path, classes=..., head=softmax|sigmoid, tile_size=96) -> a saved tiny Unet checkpoint."""
+    return _tiny_checkpoint

@@ -153,3 +153,99 @@ def test_cuda_mixed_precision_agrees_with_cpu():
     assert gpu.amp
     m_gpu, info = gpu.predict(img)
     assert info["tiles"] > 4 and (m_cpu == m_gpu).mean() >= 0.99
+
+
+class BandRecorder:
+    """A stats sink that keeps every band it is fed."""
+
+    def __init__(self):
+        self.bands = []
+
+    def add(self, probs):
+        self.bands.append(probs.clone())
+
+
+def test_stats_get_every_row_once_as_normalised_probabilities():
+    from agir.select.uncertainty import UncertaintyAccumulator, image_uncertainty
+
+    img = _img(170, 230, seed=4)
+    p = _pred(PixelModel(), tile_size=64, overlap=0.3, divisor=1)
+    rec = BandRecorder()
+    mask, info = p.predict(img, return_probs=True, stats=rec)
+    full = torch.cat(rec.bands, dim=1)
+    assert len(rec.bands) > 2 and full.shape == (3, 170, 230)  # streamed in bands, top to bottom
+    assert np.abs(full.numpy() - info["probs"]).max() < 1e-6
+    assert torch.allclose(full.sum(0), torch.ones(170, 230), atol=1e-5)
+    acc = UncertaintyAccumulator(["a", "b"])
+    mask2, _ = p.predict(img, stats=acc)  # no return_probs: nothing full-frame is kept
+    assert (mask2 == mask).all()
+    got, want = acc.result(), image_uncertainty(info["probs"], ["a", "b"])
+    assert got["pixels"] == 170 * 230
+    for k in ("entropy_mean", "margin_mean", "uncertain_fraction", "plant_fraction"):
+        assert got[k] == pytest.approx(want[k], abs=1e-6)
+
+
+def test_stats_of_a_sigmoid_head_are_the_foreground_probability():
+    logit = float(np.log(0.7 / 0.3))
+    rec = BandRecorder()
+    _pred(Recorder((logit,)), head="sigmoid").predict(_img(100, 90), stats=rec)
+    full = torch.cat(rec.bands, dim=1)
+    assert full.shape == (1, 100, 90) and torch.allclose(full, torch.full_like(full, 0.7), atol=1e-5)
+
+
+def test_batch_size_auto_is_one_tile_per_pass_on_cpu_and_explicit_values_are_kept():
+    from agir.infer.predictor import check_batch_size, gpu_batch_size
+
+    rec = Recorder()
+    _, info = _pred(rec, batch_size="auto").predict(_img(150, 200))
+    assert info["tiles"] == 12 and [s[0] for s in rec.shapes] == [1] * 12 and info["batch_size"] == 1
+    rec = Recorder()
+    args = dict(head="softmax", mean=[0.5] * 3, std=[0.25] * 3, tile_size=64, overlap=0.25, channels_last=False)
+    TiledPredictor(rec, **args).predict(_img(150, 200))  # the constructor's default is auto too
+    assert [s[0] for s in rec.shapes] == [1] * 12
+    assert check_batch_size("auto") == "auto" and check_batch_size(3) == 3 and check_batch_size("4") == 4
+    for bad in (0, -1, "abc", 2.5, True, None):
+        with pytest.raises(AgirError, match="batch_size"):
+            _pred(Recorder(), batch_size=bad)
+    # GPU sizing: half the free memory over one tile's measured need, at least 1, at most the cap/tiles
+    assert gpu_batch_size(100, 1000) == 5 and gpu_batch_size(100, 1000, n_tiles=3) == 3
+    assert gpu_batch_size(1000, 100) == 1 and gpu_batch_size(1, 10**12) == 16
+
+
+def test_batchnorm_folding_keeps_predictions_and_leaves_the_callers_model_alone():
+    import cv2
+
+    torch.manual_seed(0)
+    model = build_model("Unet", "resnet18", 3, 3).eval()
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    # non-trivial running statistics, as a trained network has
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    small = np.random.default_rng(2).integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    img = cv2.resize(small, (200, 150), interpolation=cv2.INTER_CUBIC)
+    plain = _pred(model, tile_size=128, fold_bn=False)
+    folded = _pred(model, tile_size=128)
+    assert plain.folded_bn == 0 and folded.folded_bn == n_bn > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == n_bn  # caller's model untouched
+    m1, i1 = plain.predict(img, return_probs=True)
+    m2, i2 = folded.predict(img, return_probs=True)
+    assert np.abs(i1["probs"] - i2["probs"]).max() < 1e-4 and (m1 == m2).mean() >= 0.999
+
+
+def test_batchnorm_that_does_not_follow_a_convolution_is_kept():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+            self.bn = torch.nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(self.conv(x) * 2.0)  # BN of a scaled conv output: folding it naively is wrong
+
+    p = _pred(Odd().eval())
+    assert p.folded_bn == 0 and isinstance(p.model.bn, torch.nn.BatchNorm2d)

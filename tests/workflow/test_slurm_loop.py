@@ -48,15 +48,15 @@ def test_small_loop_runs_on_slurm_with_gpu_rules(slurm_cluster, tiny_demo, tmp_p
     run = tmp_path / "outputs/runs/tiny/round_001"
     assert (run / "model" / "best.pth").exists() and (run / "infer" / "quality.json").exists()
 
-    for rule in ("infer_seg", "train"):
+    for rule in ("infer_seg", "train_model"):
         opts = _options(sbatch_call_for_rule(out, rule))
         assert "--gpus=1" in opts, (rule, opts)
         assert "--cpus-per-task=2" in opts, (rule, opts)
         assert "--mem" in opts and "-t" in opts, (rule, opts)
-    pre = _options(sbatch_call_for_rule(out, "preprocess"))
+    pre = _options(sbatch_call_for_rule(out, "preprocess_dataset"))
     assert "--gpus=1" not in pre and "--cpus-per-task=1" in pre
     assert pre[pre.index("--mem") + 1] == "8000"
     # local rules never reach sbatch
-    for rule in ("query", "evaluate_prelabels", "report_summary"):
+    for rule in ("query_db", "evaluate_prelabels", "report_summary"):
         with pytest.raises(AssertionError, match="expected one sbatch call"):
             sbatch_call_for_rule(out, rule)

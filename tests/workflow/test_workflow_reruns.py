@@ -33,7 +33,7 @@ def test_second_run_does_nothing(built_copy):
 
 def test_train_setting_reruns_only_train(built_copy):
     write_config(built_copy, **{"train.lr": 0.002})
-    assert set(planned_rules(built_copy)) == {"train", "report_summary", "all"}
+    assert set(planned_rules(built_copy)) == {"train_model", "report_summary", "all"}
 
 
 def test_tile_setting_reruns_inference_and_dependents(built_copy):
@@ -62,7 +62,7 @@ def test_editing_database_reruns_query(built_copy):
     con.execute("UPDATE semif SET season = 'edited by a curator' WHERE cutout_id = (SELECT min(cutout_id) FROM semif)")
     con.execute("CHECKPOINT")
     con.close()
-    assert "query" in planned_rules(built_copy)
+    assert "query_db" in planned_rules(built_copy)
 
 
 def test_db_masks_skips_cvat_rules_and_cvat_includes_them(built_copy):

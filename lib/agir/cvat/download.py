@@ -472,13 +472,17 @@ def _outputs_exist(run: Path, entry: Mapping) -> bool:
 def run_download_stage(
     cfg: Mapping[str, Any], run: str | os.PathLike, refresh: bool = False, *, session: CvatSession | None = None
 ) -> dict:
-    """Download refined annotations of this round; writes cvat/annotations/, cvat/download.json, metrics["download"]."""
+    """Download refined annotations of this round; writes cvat/annotations/, cvat/download.json, metrics["download"].
+
+    Needs no cvat/upload.json when cvat_download.task_ids or project_id is set (the upload receipts are still
+    used, when present, to map frames to record ids and to find the uploaded images and pre-labels).
+    """
     t0 = time.perf_counter()
     run = Path(run)
     dcfg = cfg.get("cvat_download") or {}
     refresh = bool(refresh or dcfg.get("refresh", False))
     fmt = dcfg.get("format", "api") or "api"
-    upload = _read_optional(cvat_dir(run) / "upload.json")
+    batches = load_batches(run)
     receipt_path = cvat_dir(run) / "download.json"
     prev = _read_optional(receipt_path) or {}
     pre_classes = None
@@ -488,47 +492,55 @@ def run_download_stage(
     own = session is None
     session = session or session_from_config(cfg)
     try:
-        task_ids, source = resolve_tasks(session, cfg, upload)
-        states = gate(session, task_ids, dcfg)
+        task_ids, source = resolve_tasks(session, cfg, batches)
+        every = known_tasks(batches)
+        known = {tid: every[tid] for tid in task_ids if tid in every}
+        if source != "cvat/upload.json":
+            # only the batches the chosen tasks belong to take part
+            chosen = {id(b) for _, b in known.values()}
+            batches = [b for b in batches if id(b) in chosen]
+        states, res = gate(session, task_ids, dcfg, known, batches)
+        for level, message in res.notes:
+            (log.warning if level == "warning" else log.info)("%s", message)
+        todo = [tid for tid in task_ids if tid in res.keep]
         labels: list[dict] = []
-        for tid in task_ids:
+        for tid in todo:
             for lab in session.list_all(f"list labels of task {tid}", session.api.labels_api.list, task_id=tid):
                 if lab["name"] not in {x["name"] for x in labels} and not lab.get("parent_id"):
                     labels.append(lab)
-        classes = folder_classes(upload, labels)
+        classes = folder_classes(batches, labels)
         same_classes = [(c["index"], c["name"]) for c in prev.get("classes", [])] == [(c["index"], c["name"]) for c in classes]
         same_format = prev.get("format") == fmt
-        upload_tasks = {int(t["id"]): t for t in (upload or {}).get("tasks", [])}
         prev_tasks = {int(k): v for k, v in (prev.get("tasks") or {}).items()}
-        taken: dict[str, int] = {}
+        # record ids of receipt tasks first, so a foreign frame with the same name gets a prefixed id
+        taken: dict[str, int] = dict(res.winner)
         for tid, entry in prev_tasks.items():
-            if tid in task_ids:
+            if tid in todo and tid not in known:
                 for f in entry.get("frames", []):
                     taken.setdefault(f["record_id"], tid)
         write_classes(cvat_dir(run) / "annotations" / "masks", classes)
 
         tasks: dict[str, dict] = {}
         decoded = unchanged = 0
-        for tid in tqdm(task_ids, desc="download-cvat tasks", unit="task", disable=None):
+        for tid in tqdm(todo, desc="download-cvat tasks", unit="task", disable=None):
             sig = signature(states[tid])
+            keep = res.keep[tid]
+            kept = sorted(keep) if keep is not None else None
             old = prev_tasks.get(tid)
-            if not refresh and old and old.get("signature") == sig and same_classes and same_format and _outputs_exist(run, old):
+            if (not refresh and old and old.get("signature") == sig and old.get("kept") == kept and same_classes
+                    and same_format and _outputs_exist(run, old)):
                 tasks[str(tid)] = old
                 unchanged += 1
                 log.info("task %s unchanged on the server since the last download; skipped", tid)
                 continue
-            entry = download_task(session, run, tid, states[tid], classes, upload_tasks.get(tid), fmt, taken, pre_classes)
+            upload_task, batch = known.get(tid, (None, None))
+            entry = download_task(session, run, tid, states[tid], classes, upload_task, fmt, taken, pre_classes, batch, keep)
+            if batch is not None:
+                entry["batch"] = int(batch["batch"])
+            entry["kept"] = kept
             entry["signature"] = sig
             entry["updated_date"] = states[tid]["task"].get("updated_date")
             entry["url"] = session.task_url(tid)
-            if old:
-                # frames deleted in CVAT since the last download: their old masks must not linger
-                keep = {f["record_id"] for f in entry["frames"]}
-                for f in old.get("frames", []):
-                    if f["record_id"] not in keep:
-                        for p in (cvat_dir(run) / "annotations" / "masks" / f"{f['record_id']}.png",
-                                  cvat_dir(run) / "annotations" / "images" / f"{f['record_id']}.jpg"):
-                            p.unlink(missing_ok=True)
             tasks[str(tid)] = entry
             decoded += 1
         http = session.http_seconds
@@ -536,6 +548,26 @@ def run_download_stage(
         if own:
             session.close()
 
+    # outputs of an earlier download that did not land this time (frames deleted in CVAT, a record now taken
+    # from another task under another name, tasks no longer chosen) must not linger
+    landed = {f["record_id"] for e in tasks.values() for f in e["frames"]}
+    for old in prev_tasks.values():
+        for f in old.get("frames", []):
+            if f["record_id"] not in landed:
+                for p in (cvat_dir(run) / "annotations" / "masks" / f"{f['record_id']}.png",
+                          cvat_dir(run) / "annotations" / "images" / f"{f['record_id']}.jpg"):
+                    p.unlink(missing_ok=True)
+
+    not_landed = list(res.not_landed)
+    for tid, e in tasks.items():
+        names = {int(f["frame"]): str(f["record_id"]) for f in (known.get(int(tid), ({}, {}))[0] or {}).get("frames", [])}
+        for fr in e.get("deleted_frames", []):
+            if e.get("kept") is None or fr in e["kept"]:
+                not_landed.append({"record_id": names.get(int(fr)), "task": int(tid), "frame": fr, "batch": e.get("batch"),
+                                   "reason": "frame deleted in CVAT"})
+        for fl in e.get("failed", []):
+            not_landed.append({"record_id": fl["record_id"], "task": int(tid), "frame": fl["frame"], "batch": e.get("batch"),
+                               "reason": f"decoding failed: {fl['reason']}"})
     all_frames = [f for e in tasks.values() for f in e["frames"]]
     receipt = {
         "version": RECEIPT_VERSION,
@@ -547,6 +579,19 @@ def run_download_stage(
         "classes": classes,
         "frames_decoded": len(all_frames),
         "tasks": tasks,
+        "skipped_tasks": {str(t): r for t, r in res.skipped_tasks.items()},
+        "batches": [
+            {
+                "batch": int(b["batch"]),
+                "group": b.get("group"),
+                "revision": b.get("revision"),
+                "tasks": [int(t["id"]) for t in b.get("tasks", [])],
+                "records": len(b.get("record_ids") or []),
+                "records_landed": sum(1 for r in b.get("record_ids") or [] if r in landed),
+            }
+            for b in batches
+        ],
+        "frames_not_landed": not_landed,
     }
     write_json(receipt_path, receipt)
     seconds = time.perf_counter() - t0
@@ -571,6 +616,9 @@ def run_download_stage(
         "frames": len(all_frames),
         "frames_deleted": sum(e["stats"]["frames_deleted"] for e in tasks.values()),
         "frames_failed": sum(e["stats"]["frames_failed"] for e in tasks.values()),
+        "frames_not_landed": len(not_landed),
+        "tasks_skipped": len(res.skipped_tasks),
+        "batches": len(batches),
         "changed_fraction_mean": float(np.mean([c["changed_fraction"] for c in changes_all])) if changes_all else None,
         "changed_fraction_per_label": {
             n: (a["changed_pixels"] / a["union"] if a["union"] else 0.0) for n, a in sorted(per_label.items())

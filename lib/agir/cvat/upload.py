@@ -417,7 +417,7 @@ def load_batches(run: str | os.PathLike) -> list[dict]:
         return sorted(out, key=lambda b: int(b["batch"]))
     combined = _load_receipt(cvat_dir(run) / "upload.json")
     if combined and combined.get("batches"):  # batch files lost, the combined receipt still lists them
-        return list(combined["batches"])
+        return sorted(combined["batches"], key=lambda b: int(b["batch"]))
     if combined and combined.get("tasks") is not None and "batches" not in combined:
         return _legacy_batches(combined)
     return []
@@ -442,6 +442,7 @@ def combined_receipt(batches: Sequence[Mapping]) -> dict:
     each with its `batch`; `superseded` the older revisions (`batch`, `group`, `revision`, `tasks`);
     `batches` every batch receipt in full, oldest first.
     """
+    batches = sorted(batches, key=lambda b: int(b["batch"]))
     newest = batches[-1]
     current = {int(b["batch"]) for b in current_batches(batches)}
     keys = ("server", "server_version", "organization", "project_id", "project_name", "labels", "classes",

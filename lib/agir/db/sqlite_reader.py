@@ -75,6 +75,10 @@ def sqlite_uri(path: Path) -> str:
     return uri
 
 
+class _Settled(Exception):
+    """A column's kind changed after looking at the driver's types: read again."""
+
+
 class SqliteTable:
     """One table of a SQLite file, opened read-only; columns are read on request."""
 
@@ -149,33 +153,54 @@ class SqliteTable:
         return (f"SELECT {', '.join(first)} UNION ALL "
                 f"SELECT {', '.join(rest)} FROM {quote_sqlite(self.table)}{tail}")
 
+    def _set_kind(self, index: int, columns: Sequence[str], new: str) -> bool:
+        """Set the kind of result column `index` (1 = the key, 2.. = `columns`); False if unchanged."""
+        if index == 1:
+            changed, self.key_kind = self.key_kind != new, new
+            return changed
+        if not 2 <= index < 2 + len(columns):
+            return False
+        name = columns[index - 2]
+        changed, self.kinds[name] = self.kinds[name] != new, new
+        return changed
+
+    def _kind_at(self, index: int, columns: Sequence[str]) -> str:
+        return self.key_kind if index == 1 else self.kinds[columns[index - 2]]
+
     def _widen(self, exc: BaseException, columns: Sequence[str]) -> bool:
-        """On the driver's type-mismatch error, widen that column's kind; False if it is another error."""
+        """On the driver's type-mismatch error (a value of another type after the first batch), widen
+        that column: integer -> real for a real value, else -> text. False for any other error."""
         m = RE_MISMATCH.search(str(exc))
-        if not m:
+        if not m or not 1 <= int(m.group(1)) < 2 + len(columns):
             return False
         index = int(m.group(1))
-        if index == 1:
-            names = [self.key_name]
-        elif 2 <= index < 2 + len(columns):
-            names = [columns[index - 2]]
-        else:
-            return False
-        for name in names:
-            kind = self.key_kind if index == 1 else self.kinds[name]
-            new = "real" if kind == "integer" and m.group(3) == "DOUBLE" else "text_cast"
-            if new == kind:
-                return False
-            if index == 1:
-                self.key_kind = new
-            else:
-                self.kinds[name] = new
-        return True
+        kind = self._kind_at(index, columns)
+        return self._set_kind(index, columns, "real" if kind == "integer" and m.group(3) == "DOUBLE" else "text_cast")
+
+    def _settle(self, schema: pa.Schema, columns: Sequence[str]) -> None:
+        """Within its first batch the driver itself turns a column of mixed values into text (or real):
+        record that and read again, so that every batch, and every later read, agrees."""
+        changed = False
+        for index, field in enumerate(schema):
+            if index == 0:
+                continue
+            kind, t = self._kind_at(index, columns), field.type
+            if pa.types.is_floating(t) and kind == "integer":
+                changed |= self._set_kind(index, columns, "real")
+            elif pa.types.is_string(t) or pa.types.is_large_string(t):
+                if kind in ("integer", "real"):
+                    changed |= self._set_kind(index, columns, "text_cast")
+            elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+                changed |= self._set_kind(index, columns, "text_cast")
+        if changed:
+            raise _Settled()
 
     def _retrying(self, columns: Sequence[str], attempt: Callable[[], T]) -> T:
         for _ in range(3 * len(columns) + 4):
             try:
                 return attempt()
+            except _Settled:
+                continue
             except Exception as exc:  # the driver's error reaches us through Arrow or DuckDB
                 if not self._widen(exc, columns):
                     raise
@@ -190,7 +215,9 @@ class SqliteTable:
             with self.conn.cursor() as cur:
                 cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(BATCH_ROWS)})
                 cur.execute(self._select(columns, tail))
-                return consume(cur.fetch_record_batch())
+                reader = cur.fetch_record_batch()
+                self._settle(reader.schema, columns)
+                return consume(reader)
 
         return self._retrying(columns, attempt)
 
@@ -209,6 +236,7 @@ class SqliteTable:
                 for start in range(0, len(keys), FETCH_CHUNK):
                     cur.execute(sql, (json.dumps(keys[start:start + FETCH_CHUNK]),))
                     part = cur.fetch_arrow_table()
+                    self._settle(part.schema, columns)
                     parts.append(part.filter(pc.equal(part.column(MARK_COLUMN), 0)))
             schema = pa.schema([(MARK_COLUMN, pa.int64()), (KEY_COLUMN, KINDS[self.key_kind][1])]
                                + [(c, self.arrow_type(c)) for c in columns])

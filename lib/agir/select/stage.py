@@ -303,8 +303,8 @@ def run_select_stage(cfg: Mapping, run: str | os.PathLike) -> dict:
     plot_gallery(out / "gallery.png", eligible, by_line, run, classes, int(st["gallery"]), sel.score_column)
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     write_json(out / "metrics.json", metrics)
-    log.info("select: %s picked %d of %d eligible candidates (%d excluded)%s", sel.strategy, len(sel.ids),
-             len(eligible), len(excluded), f"; {sel.fallback}" if sel.fallback else "")
+    log.info("select: %s picked %d of %d eligible candidates (%d excluded)", sel.strategy, len(sel.ids),
+             len(eligible), len(excluded))
     return metrics
 
 

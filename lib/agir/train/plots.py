@@ -100,4 +100,8 @@ def plot_predictions(
             ax.axis("off")
         axes[0][1].text(0.5, 0.5, "no test samples", ha="center", va="center")
     fig.tight_layout()
+    if samples:
+        from agir.legend import add_class_legend
+
+        add_class_legend(fig, classes, ignore=True)
     return _save(fig, Path(path))

@@ -1,22 +1,32 @@
 """Tiled inference speed: agir's TiledPredictor against three peers measured in the same run.
 
 Same randomly initialised smp Unet (resnet34, 2 outputs: background + plant), same image (a
-2200 x 1465 SemiField photo from ../shared/data/semif_examples), tile 512, overlap 0.25, batch 4:
+2200 x 1465 SemiField photo from ../shared/data/semif_examples), tile 512, overlap 0.25, and agir
+in its *default* configuration for the device it runs on: `seg_inference.batch_size` as
+config/config.yaml sets it (auto: 1 tile per pass on a CPU, sized to free memory on a GPU) and
+BatchNorm folded into the convolutions. The peers get the batch size agir resolved to:
 
-- tiled_vs_pure_forward: agir wall time / the network's forward time alone on exactly the tile
-  batches agir ran (pre-normalised tensors, nothing else timed). Target <= 1.15.
+- tiled_vs_pure_forward: agir wall time / the forward time alone of the network agir runs (its
+  folded copy) on exactly the tile batches agir ran (pre-normalised tensors, nothing else timed).
+  Target <= 1.15.
 - agir_vs_monai: agir / MONAI `sliding_window_inference` (gaussian blending, same roi, overlap and
   batch size; timing includes turning the image into a normalised tensor and the argmax, as
   agir's does). Target <= 1.0.
 - agir_vs_batch1_loop: agir / a loop feeding one tile per forward pass and averaging overlaps, as
   the original tool did. Target <= 0.95 on a CPU, <= 0.5 on a GPU (`--device cuda`).
 
+`--batch-size N` measures an explicit batch size instead of the default; `--ablate` adds agir
+without BatchNorm folding (`agir_nofold`) to the interleaved runs, to show what folding buys.
+Besides wall time, each run's process CPU time is reported (less sensitive to other processes'
+load on a shared machine, though it counts threads spinning while they wait).
+
 Each method runs `--repeats` times, interleaved, after one warm-up; the ratios use the median run
 of each (robust to load that comes and goes on a shared machine); ratios of the best runs follow. The model object is shared,
 so every method sees the same weights and memory format. On CUDA every method runs under the
 same float16 autocast and timings are synchronised.
 
-    .venv/bin/python benchmarks/infer_bench.py [--device cpu|cuda] [--repeats 2] [--threads N] [--image PATH]
+    .venv/bin/python benchmarks/infer_bench.py [--device cpu|cuda] [--repeats 3] [--threads N] [--image PATH]
+        [--batch-size auto|N] [--ablate]
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import numpy as np
 import torch
 
 from agir.checkpoint import build_model
+from agir.config import load_config
 from agir.images import read_image
 from agir.infer.predictor import TiledPredictor, resolve_device
 from agir.tiling import tile_grid
@@ -60,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", default=str(DEFAULT_IMAGE))
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--overlap", type=float, default=0.25)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--batch-size", default=None, help="default: seg_inference.batch_size of config/config.yaml")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ablate", action="store_true", help="also time agir without BatchNorm folding")
     ap.add_argument("--encoder", default="resnet34")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
@@ -75,14 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     rgb = read_image(args.image)
     h, w = rgb.shape[:2]
     torch.manual_seed(0)
-    model = build_model("Unet", args.encoder, 3, 2).to(device).eval()
-    predictor = TiledPredictor(model, head="softmax", mean=MEAN, std=STD, tile_size=args.tile,
-                               overlap=args.overlap, batch_size=args.batch_size, blend="gaussian", device=device)
+    # channels_last as agir's predictor runs it, so the peers see the same memory format
+    model = build_model("Unet", args.encoder, 3, 2).to(device).eval().to(memory_format=torch.channels_last)
+    batch_size = args.batch_size or load_config()["seg_inference"]["batch_size"]
+    common = dict(head="softmax", mean=MEAN, std=STD, tile_size=args.tile, overlap=args.overlap,
+                  batch_size=batch_size if batch_size == "auto" else int(batch_size), blend="gaussian", device=device)
+    predictor = TiledPredictor(model, **common)
     tiles = tile_grid(h, w, args.tile, args.overlap)
-    bs = args.batch_size
+    _, info = predictor.predict(rgb)  # warm-up; also resolves batch_size "auto" for this device and tile shape
+    bs = int(info["batch_size"])
 
     def run_agir() -> np.ndarray:
         mask, _ = predictor.predict(rgb)
+        return mask
+
+    unfolded = TiledPredictor(model, fold_bn=False, **common) if args.ablate else None
+
+    def run_agir_nofold() -> np.ndarray:
+        mask, _ = unfolded.predict(rgb)
         return mask
 
     # the exact batches agir runs, prepared outside the timed region
@@ -93,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_forward() -> None:
         with torch.inference_mode(), amp:
             for b in batches:
-                model(b)
+                predictor.model(b)
 
     def run_monai() -> np.ndarray:
         with torch.inference_mode(), amp:
@@ -114,27 +136,34 @@ def main(argv: list[str] | None = None) -> int:
         return (acc / count).argmax(0).astype(np.uint8)
 
     methods = {"agir": run_agir, "pure_forward": run_forward, "monai": run_monai, "batch1_loop": run_batch1}
+    if args.ablate:
+        methods["agir_nofold"] = run_agir_nofold
     times: dict[str, list[float]] = {k: [] for k in methods}
+    cpu: dict[str, list[float]] = {k: [] for k in methods}
     results = {}
     print(f"image {Path(args.image).name} {w}x{h}, Unet/{args.encoder}, tile {args.tile}, overlap {args.overlap}, "
-          f"batch {bs}, {len(tiles)} tiles, device {device}, torch threads {torch.get_num_threads()}")
+          f"batch_size {batch_size} -> {bs}, BatchNorm folded: {predictor.folded_bn} layer(s), {len(tiles)} tiles, "
+          f"device {device}, torch threads {torch.get_num_threads()}")
     run_forward()  # warm-up (allocator, kernels)
     for rep in range(args.repeats):
         for name, fn in methods.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
             if out is not None:
                 results[name] = out
         print(f"  repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
     for k in times:
-        print(f"{k:13s} median {med[k]:.3f} s  best {best[k]:.3f} s")
-    agree = {k: float((results["agir"] == results[k]).mean()) for k in ("monai", "batch1_loop")}
-    print(f"mask agreement with agir: monai {agree['monai']:.4f}, batch1_loop {agree['batch1_loop']:.4f}")
+        print(f"{k:13s} median {med[k]:.3f} s  best {best[k]:.3f} s  (cpu median {cmed[k]:.3f} s)")
+    peers = [k for k in ("monai", "batch1_loop", "agir_nofold") if k in results]
+    agree = {k: float((results["agir"] == results[k]).mean()) for k in peers}
+    print("mask agreement with agir: " + ", ".join(f"{k} {v:.4f}" for k, v in agree.items()))
     target = "0.5" if device.type == "cuda" else "0.95"
     # medians: on a shared machine load comes and goes in both directions, so the median of
     # interleaved repeats is the robust figure; the ratios of best times are printed for reference
@@ -143,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"agir_vs_batch1_loop = {med['agir'] / med['batch1_loop']:.3f}   (target <= {target})")
     print(f"(from best times: tiled_vs_pure_forward {best['agir'] / best['pure_forward']:.3f}, agir_vs_monai "
           f"{best['agir'] / best['monai']:.3f}, agir_vs_batch1_loop {best['agir'] / best['batch1_loop']:.3f})")
+    print(f"(from median CPU times: tiled_vs_pure_forward {cmed['agir'] / cmed['pure_forward']:.3f}, agir_vs_monai "
+          f"{cmed['agir'] / cmed['monai']:.3f}, agir_vs_batch1_loop {cmed['agir'] / cmed['batch1_loop']:.3f})")
+    if args.ablate:
+        print(f"agir_vs_agir_nofold = {med['agir'] / med['agir_nofold']:.3f}   (BatchNorm folding; cpu "
+              f"{cmed['agir'] / cmed['agir_nofold']:.3f})")
     return 0
 
 

@@ -87,16 +87,19 @@ def run_agir(db: Path, run: Path) -> tuple[float, int]:
     return time.perf_counter() - t, metrics["rows_returned"]
 
 
+# Peak RSS from VmHWM: ru_maxrss of a child started from this (large) process can report the parent's
+# size from before the exec.
 COLD = """
-import json, logging, resource, sys, time
+import json, logging, sys, time
 t0 = time.perf_counter()
 from agir.db.query import run_query_stage
 logging.getLogger("agir").setLevel(logging.WARNING)
 t = time.perf_counter()
 metrics = run_query_stage(json.loads(sys.argv[1]), sys.argv[2])
 done = time.perf_counter()
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"stage_s": done - t, "process_s": done - t0, "rows": metrics["rows_returned"],
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": hwm / 1024}))
 """
 
 

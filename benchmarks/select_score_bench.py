@@ -11,8 +11,8 @@ Each pool image is scored at full resolution (the peer) and after an INTER_AREA 
 - `top<k>_overlap_<side>`: fraction of the full-resolution top-k (by entropy_plant) also in the reduced top-k;
 - `speedup_<side>`: full-resolution scoring time / reduced-resolution scoring time (same run, same model).
 
-    .venv/bin/python benchmarks/select_score_bench.py [--images 20] [--train 6] [--sides 512 256] [--ckpt PATH]
-        [--steps 100] [--crop 192] [--device cpu] [--threads N] [--keep DIR]
+    .venv/bin/python benchmarks/select_score_bench.py [--images 16] [--train 4] [--sides 512 256] [--ckpt PATH]
+        [--steps 80] [--crop 128] [--device cpu] [--threads N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from agir.checkpoint import build_model, load_checkpoint, model_from_checkpoint
+from agir.checkpoint import load_checkpoint, model_from_checkpoint
 from agir.demo import generate_demo_data
 from agir.demo.generate import SEMIF_DIR
 from agir.images import read_image
@@ -53,15 +53,23 @@ def demo_pairs(root: Path) -> tuple[list[tuple[Path, Path | None]], list[dict]]:
     return pairs, classes
 
 
-def train_small(pairs, classes, steps: int, device: torch.device, crop: int = 256, seed: int = 0):
-    """A Unet(resnet18) trained from scratch on random crops; class values remapped to 1..K."""
+def train_small(pairs, classes, steps: int, device: torch.device, crop: int = 256, seed: int = 0,
+                encoder: str = "resnet18", batch: int = 2):
+    """A small Unet (3 encoder stages, narrow decoder) trained from scratch on random crops; class values -> 1..K.
+
+    Small so that the benchmark runs in minutes on a CPU; the ranking question does not need a good model,
+    only one whose uncertainty varies between images.
+    """
+    import segmentation_models_pytorch as smp
+
     lut = np.zeros(256, np.int64)
     for k, c in enumerate(classes, start=1):
         lut[int(c["index"])] = k
     data = [(read_image(i), lut[read_mask(m)]) for i, m in pairs if m is not None]
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    model = build_model("Unet", "resnet18", 3, len(classes) + 1).to(device)
+    model = smp.Unet(encoder, encoder_weights=None, encoder_depth=3, decoder_channels=(64, 32, 16),
+                     classes=len(classes) + 1).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
@@ -69,7 +77,7 @@ def train_small(pairs, classes, steps: int, device: torch.device, crop: int = 25
     t0 = time.perf_counter()
     for step in range(steps):
         xs, ys = [], []
-        for _ in range(4):
+        for _ in range(batch):
             rgb, lab = data[rng.integers(len(data))]
             y0 = rng.integers(0, rgb.shape[0] - crop + 1)
             x0 = rng.integers(0, rgb.shape[1] - crop + 1)
@@ -101,14 +109,15 @@ def score(predictor: TiledPredictor, names: list[str], rgb: np.ndarray, side: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=20, help="demo SemiF images: the first --train train, the rest are the pool")
-    ap.add_argument("--train", type=int, default=6)
-    ap.add_argument("--crop", type=int, default=192)
+    ap.add_argument("--images", type=int, default=16, help="demo SemiF images: the first --train train, the rest are the pool")
+    ap.add_argument("--train", type=int, default=4)
+    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--encoder", default="resnet18", help="encoder of the model trained here")
     ap.add_argument("--width", type=int, default=1600)
     ap.add_argument("--height", type=int, default=1066)
     ap.add_argument("--sides", type=int, nargs="+", default=[512, 256])
     ap.add_argument("--ckpt", default=None, help="best.pth to score with instead of training one")
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--device", default="cpu")
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             model, names = model_from_checkpoint(ck, device), list(ck["classes"])
             mean, std, head = ck["normalization"]["mean"], ck["normalization"]["std"], ck.get("head", "softmax")
         else:
-            model, names = train_small(train, classes, args.steps, device, crop=args.crop)
+            model, names = train_small(train, classes, args.steps, device, crop=args.crop, encoder=args.encoder)
             mean, std, head = MEAN, STD, "softmax"
         predictor = TiledPredictor(model, head=head, mean=mean, std=std, tile_size=args.tile, overlap=0.25,
                                    batch_size=1 if device.type == "cpu" else 8, device=device)

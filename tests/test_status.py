@@ -179,9 +179,10 @@ def test_failed_dry_run_means_unknown_not_a_traceback(project, monkeypatch, tmp_
     (broken / "workflow" / "schemas").mkdir(parents=True)
     shutil.copy(REPO / "workflow/schemas/config.schema.yaml", broken / "workflow/schemas")
     monkeypatch.setenv("AGIR_WORKFLOW_ROOT", str(broken))
-    lines = status.status_report(str(project / "config.yaml"), [])
-    r1 = block(lines, "tiny/round_001")
-    assert "unknown" in r1["query"] and "2 records" in r1["query"]
+    (project / "outputs/runs/other/round_001/query/query_spec.json").write_text('{"rows_returned": 0}')
+    lines = status.status_report(str(project / "config.yaml"), [], project="other")
+    other = block(lines, "other/round_001")
+    assert "unknown" in other["query"] and "0 records" in other["query"]
     assert lines[-1].startswith("staleness unknown: the Snakemake dry run failed:")
     assert "the Snakefile is broken" in lines[-1]
 
@@ -215,3 +216,24 @@ def test_cli_status_with_real_snakemake(tmp_path):
     lines = cli()
     assert "done" in block(lines, "tiny/round_001")["query"]
     assert "stale" in block(lines, "tiny/round_002")["query"]
+    assert cli("--project", "other")[0].startswith("no rounds under ")
+
+
+def test_a_round_snakemake_cannot_plan_does_not_hide_the_others(project, monkeypatch):
+    calls = []
+
+    def fake(config_file, overrides, targets, cwd=None):
+        calls.append([str(t) for t in targets])
+        if any("/other/" in str(t) for t in targets):
+            return status.Plan(error="MissingRuleException: No rule to produce outputs/runs/other/...")
+        return status.Plan()
+
+    monkeypatch.setattr(status, "dry_run_plan", fake)
+    lines = status.status_report("config.yaml", [])
+    assert len(calls) == 4  # all rounds at once, then each round alone
+    assert "done" in block(lines, "tiny/round_001")["query"]
+    other = block(lines, "other/round_001")
+    assert "unknown" in other["query"]
+    assert other["staleness"].strip() == ("staleness unknown: the Snakemake dry run of this round failed: "
+                                          "MissingRuleException: No rule to produce outputs/runs/other/...")
+    assert not any(ln.startswith("staleness unknown") for ln in lines)

@@ -140,8 +140,9 @@ def _torch_load(path: Path) -> Any:
                 "are allowed); use a best.pth from agir's train stage or re-save the weights as a plain state_dict"
             ) from exc
         raise AgirError(f"{path}: not a readable PyTorch checkpoint; check seg_inference.model.ckpt_path") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise AgirError(f"{path}: not a readable PyTorch checkpoint ({exc}); check seg_inference.model.ckpt_path") from exc
+    except Exception as exc:  # a truncated or foreign file fails in many ways (struct, zip, EOF, ...)
+        raise AgirError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}); check "
+                        "seg_inference.model.ckpt_path") from exc
 
 
 def _check_meta(meta: Mapping[str, Any], path: Path) -> None:

@@ -361,10 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             from agir.status import print_status
 
-            try:
-                return print_status(args.config, args.override, project=args.project)
-            except TypeError:  # older print_status without project=
-                return print_status(args.config, args.override)
+            return print_status(args.config, args.override, project=args.project)
         if args.command == "overrides":
             return show_overrides(args)
         if args.command == "simulate":

@@ -48,18 +48,24 @@ def run_rule(smk: Any, stage: Callable[..., Any], sections: Iterable[str] = (), 
     return result
 
 
-def _parent_chain() -> list[tuple[int, str]]:
-    """(pid, command line) of this process's ancestors, nearest first (Linux /proc; empty elsewhere)."""
+def _parent_chain() -> list[tuple[int, list[str]]]:
+    """(pid, command words) of this process's ancestors, nearest first (Linux /proc; empty elsewhere)."""
     out, pid = [], os.getppid()
     while pid > 1:
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            words = [w.decode(errors="replace") for w in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if w]
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             break
-        out.append((pid, cmd))
+        out.append((pid, words))
         pid = int(stat.rsplit(")", 1)[1].split()[1])
     return out
+
+
+def is_snakemake(words: list[str]) -> bool:
+    """`snakemake ...` or `python -m snakemake ...` (not a shell running a script from .snakemake/scripts)."""
+    head = words[:3]
+    return any(Path(w).name == "snakemake" for w in head) or ("-m" in head and "snakemake" in head)
 
 
 def stop_with_parent(interval: float = 1.0) -> None:
@@ -68,7 +74,7 @@ def stop_with_parent(interval: float = 1.0) -> None:
     Snakemake runs a rule script through a shell, so the parent-death signal of the kernel would only see the
     shell; instead a daemon thread watches the nearest Snakemake ancestor.
     """
-    owner = next((pid for pid, cmd in _parent_chain() if "snakemake" in cmd), None)
+    owner = next((pid for pid, words in _parent_chain() if is_snakemake(words)), None)
     if owner is None:
         return
 

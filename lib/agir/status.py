@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from agir.config import (
     default_config_path,
     list_rounds,
@@ -325,24 +327,43 @@ def status_report(config_file: str | None, overrides: Iterable[str], project: st
         try:
             cfg = round_config(base, base["io"]["out_root"], run.parent.name, run.name)
             rounds.append(Round(run, cfg))
-        except AgirError as exc:
-            rounds.append(Round(run, None, str(exc)))
-    # relative targets, like the ones Snakemake itself builds, so its paths match the rules' patterns
-    targets = [Path(base["io"]["out_root"]) / r.run.parent.name / r.run.name / rel.relative_to(r.run)
-               for r in rounds if r.cfg is not None for rel in round_targets(r.run).values()]
-    plan = dry_run_plan(config_file, new, targets, cwd)
+        except (AgirError, OSError, ValueError, yaml.YAMLError) as exc:
+            rounds.append(Round(run, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+    plans = round_plans(config_file, new, rounds, Path(base["io"]["out_root"]), cwd)
 
     lines: list[str] = []
     project_of = None
+    errors = {p.error for p in plans.values() if p.error is not None}
+    shared_error = len(errors) == 1 and all(p.error is not None for p in plans.values())
     for rnd in rounds:
         if rnd.run.parent != project_of:
             project_of = rnd.run.parent
             lines += ([""] if lines else []) + [f"project {project_of.name} ({project_of})"]
         lines.append("")
+        plan = plans.get(rnd.run, Plan())
         lines += round_lines(rnd, plan, configured=rnd.run == configured)
-    if plan.error is not None:
-        lines += ["", f"staleness unknown: the Snakemake dry run failed: {plan.error}"]
+        if plan.error is not None and not shared_error:
+            lines.append(f"  staleness unknown: the Snakemake dry run of this round failed: {plan.error}")
+    if shared_error:
+        lines += ["", f"staleness unknown: the Snakemake dry run failed: {errors.pop()}"]
     return lines
+
+
+def round_plans(config_file: str | Path | None, overrides: Mapping[str, Any], rounds: Sequence[Round],
+                out_root: Path, cwd: Path) -> dict[Path, Plan]:
+    """One dry run over every round's existing stage outputs; when it fails, one per round, so that a round
+    Snakemake cannot plan (e.g. files of an older layout) does not hide the state of the others."""
+    targets: dict[Path, list[Path]] = {}
+    for r in rounds:
+        if r.cfg is not None and r.run.exists():
+            # relative to io.out_root as configured, like the paths Snakemake's rules produce
+            targets[r.run] = [out_root / r.run.parent.name / r.run.name / out.relative_to(r.run)
+                              for out in round_targets(r.run).values()]
+    targets = {run: t for run, t in targets.items() if t}
+    plan = dry_run_plan(config_file, overrides, [t for ts in targets.values() for t in ts], cwd)
+    if plan.error is None or len(targets) <= 1:
+        return {run: plan for run in targets}
+    return {run: dry_run_plan(config_file, overrides, ts, cwd) for run, ts in targets.items()}
 
 
 def print_status(config_file: str | None, overrides: Iterable[str], project: str | None = None) -> int:

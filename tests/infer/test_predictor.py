@@ -249,3 +249,20 @@ def test_batchnorm_that_does_not_follow_a_convolution_is_kept():
 
     p = _pred(Odd().eval())
     assert p.folded_bn == 0 and isinstance(p.model.bn, torch.nn.BatchNorm2d)
+
+
+def test_gpu_auto_batch_runs_one_measured_tile_then_sized_batches(monkeypatch):
+    # the CUDA memory calls faked: one tile needs 100 bytes, 1000 are free -> batches of 5
+    p = _pred(Recorder(), batch_size="auto")
+    p.batch_size = "auto"  # as on a GPU (on a CPU auto resolves to 1 at once)
+    fake = {"synchronize": lambda d=None: None, "reset_peak_memory_stats": lambda d=None: None,
+            "memory_allocated": lambda d=None: 50, "max_memory_allocated": lambda d=None: 150,
+            "memory_reserved": lambda d=None: 50, "mem_get_info": lambda d=None: (1000, 4000)}
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    rec = p.model
+    mask, info = p.predict(_img(150, 200))  # 12 tiles of 64 x 64
+    assert [s[0] for s in rec.shapes] == [1, 5, 5, 1] and info["batch_size"] == 5
+    rec.shapes.clear()
+    p.predict(_img(150, 200))  # measured once per tile shape
+    assert [s[0] for s in rec.shapes] == [5, 5, 2]

@@ -231,8 +231,10 @@ class TiledPredictor:
         """A copy of `model` with Conv+BN folded, kept only if its output matches the original's."""
         try:
             copy_ = copy.deepcopy(model)
-            probe = torch.rand((1, 3, max(divisor, 64), max(divisor, 64)), generator=torch.Generator().manual_seed(0))
-            probe = probe.to(self.device)
+            first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            side = round_up(64, divisor)
+            probe = torch.rand((1, first.in_channels, side, side), generator=torch.Generator().manual_seed(0))
+            probe = probe.to(self.device, first.weight.dtype)
             n = fold_batchnorm(copy_, probe)
             if n == 0:
                 return model, 0

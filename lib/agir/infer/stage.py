@@ -131,8 +131,11 @@ def run_infer_stage(
     out_rel = _out_rel(purpose)
     select = cfg.get("select") or {}  # older configs have no select section
     max_side = select.get("score_max_side") if purpose == "score" else None
-    if max_side is not None and int(max_side) < 16:
-        raise AgirError(f"select.score_max_side={max_side}: must be >= 16 pixels (or null for full resolution)")
+    if max_side is not None:
+        if isinstance(max_side, bool) or not isinstance(max_side, (int, float)) or int(max_side) < 16:
+            raise AgirError(f"select.score_max_side={max_side!r}: use an integer >= 16 (pixels), "
+                            "or null to score at full resolution")
+        max_side = int(max_side)
     force = bool(force or sc.get("force"))
     if shard_index is not None and not (0 <= shard_index < shard_count):
         raise AgirError(f"shard index {shard_index} outside 0..{shard_count - 1}")
@@ -162,7 +165,7 @@ def run_infer_stage(
         "jpeg_quality": quality,
         "overlays": write_overlays,
         # only when reduced, so pre-label fingerprints (and resumes) of earlier runs stay valid
-        **({"max_side": int(max_side)} if max_side else {}),
+        **({"max_side": max_side} if max_side else {}),
     })
     mine = items if shard_index is None else items[shard_index::shard_count]
 
@@ -301,7 +304,7 @@ def run_infer_stage(
     metrics = _metrics(manifest, totals, wall, backend, classes, settings_fp, mode, shard_index, shard_count,
                        len(records) if records is not None else None)
     metrics["purpose"] = purpose
-    metrics["max_side"] = int(max_side) if max_side else None
+    metrics["max_side"] = max_side
     metrics["only_ids"] = None if only_ids is None else len(items)
     write_jsonl(paths["manifest"], manifest)
     write_json(paths["metrics"], metrics)

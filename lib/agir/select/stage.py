@@ -219,7 +219,8 @@ def run_select_stage(cfg: Mapping, run: str | os.PathLike) -> dict:
     st = select_settings(cfg)
     src = candidate_manifest(run, st)
     lines_all = read_jsonl(src)
-    lines = [ln for ln in lines_all if ln.get("status") == "ok" and "id" in ln]
+    # one candidate per id (the last line wins, as in a manifest rewritten after a resume)
+    lines = list({str(ln["id"]): ln for ln in lines_all if ln.get("status") == "ok" and "id" in ln}.values())
     qpath = run / "query" / "query.json"
     records = recs.load_query_records(run) if qpath.is_file() else None
     df = candidates_table(lines, records, cfg)

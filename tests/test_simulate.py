@@ -79,7 +79,7 @@ def test_smoke_run_tiny_pool(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "label_efficiency_entropy=" in printed and "effort_per_image_entropy_round_1=" in printed
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "results_seed0.jsonl").read_text().splitlines()]
     assert [(r["strategy"], r["round"]) for r in rows] == [("random", 0), ("random", 1), ("entropy", 0), ("entropy", 1)]
     # both strategies share the round-0 model; every round-1 model saw 4 images and picked 2 new ones
     assert rows[0]["plant_iou"] == rows[2]["plant_iou"]
@@ -89,3 +89,6 @@ def test_smoke_run_tiny_pool(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["label_efficiency"]["random"]["reached"] is True
     assert (out / "al_curve.png").stat().st_size > 1000 and "| entropy | 1 | 4 |" in (out / "table.md").read_text()
+    capsys.readouterr()
+    assert main(["--out", str(out), "--summarize-only"]) == 0  # rebuilds from the run's saved settings
+    assert "effort_per_image_entropy_round_1=" in capsys.readouterr().out

@@ -108,17 +108,23 @@ def trained_images(round_dir: Path) -> set[str]:
     return {str(k) for k, v in split_of.items() if v == "train"}
 
 
-def held_out_samples(candidates: Sequence[str | Path], max_samples: int | None = 200) -> tuple[Path | None, list[dict]]:
-    """(dataset folder, samples) to compare on: val/test of the newest candidate round's dataset,
-    minus every image any candidate trained on. Newest = most recently written index.csv."""
+def held_out_samples(
+    candidates: Sequence[str | Path], max_samples: int | None = 200, run: Path | None = None
+) -> tuple[Path | None, list[dict]]:
+    """(dataset folder, samples) to compare on: val/test of the newest earlier round's dataset (the
+    candidates' rounds and, given `run`, its sibling rounds), minus every image any candidate trained
+    on. Newest = most recently written index.csv; `run`'s own dataset is never used (not earlier)."""
+    here = Path(run).resolve() if run is not None else None
+    pool = [_round_of(c) for c in candidates]
+    if here is not None and here.parent.is_dir():
+        pool += sorted(d.resolve() for d in here.parent.iterdir() if d.is_dir())
     rounds = []
-    for c in candidates:
-        r = _round_of(c)
-        if (r / "dataset" / "index.csv").is_file() and r not in rounds:
+    for r in pool:
+        if r != here and (r / "dataset" / "index.csv").is_file() and r not in rounds:
             rounds.append(r)
     if not rounds:
         return None, []
-    newest = max(rounds, key=lambda r: (r / "dataset" / "index.csv").stat().st_mtime)
+    newest = max(rounds, key=lambda r: ((r / "dataset" / "index.csv").stat().st_mtime_ns, r.name))
     index = _read_index(newest)
     if index is None:
         return newest / "dataset", []
@@ -227,7 +233,7 @@ def choose_prelabeler(
     started = time.perf_counter()
     run = Path(run)
     paths = [Path(c) for c in candidates]
-    dataset, samples = held_out_samples(paths, max_samples)
+    dataset, samples = held_out_samples(paths, max_samples, run) if paths else (None, [])
     classes = read_classes(dataset / "classes.json") if dataset and (dataset / "classes.json").exists() else []
     classes = sorted(classes, key=lambda c: int(c["index"]))
     names = [c["name"] for c in classes]

@@ -10,6 +10,7 @@ A rule script is three lines:
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import signal
 import sys
@@ -86,14 +87,18 @@ def stop_with_parent(interval: float = 1.0) -> None:
                 stat = Path(f"/proc/{owner}/stat").read_text()
                 if stat.rsplit(")", 1)[1].split()[0] == "Z":
                     raise ProcessLookupError
-            except (ProcessLookupError, FileNotFoundError):
-                print("agir: Snakemake is gone; stopping this job (rerun the same command to resume)",
-                      file=sys.stderr)
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5)
-                os._exit(143)
             except PermissionError:
                 continue
+            except (ProcessLookupError, FileNotFoundError, OSError):
+                try:  # stderr may be a pipe to the dead Snakemake: writing can fail
+                    logging.getLogger("agir").error("Snakemake is gone; stopping this job (rerun the same command to resume)")
+                except Exception:  # noqa: BLE001 - leaving matters more than the message
+                    pass
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(2)  # a framework may handle SIGTERM itself (Lightning does): then leave now
+                finally:
+                    os._exit(143)
 
     threading.Thread(target=watch, name="agir-parent-watch", daemon=True).start()
 

@@ -20,7 +20,7 @@ every strategy's model gets the same compute whatever the size of its labelled s
 Entry points: `run_simulation(SimConfig(...), out)` and `main(argv)` (the CLI:
 `agir-cvtoolkit simulate --rounds 4 --per-round 15 --strategies random,entropy,...`).
 Outputs in `out/` (rewritten atomically as results arrive, so a partial run has results):
-`results.jsonl` (one line per seed/strategy/round), `summary.json`, `table.md`, `al_curve.png`.
+`results_seed{s}.jsonl` (one line per strategy/round), `data_info.json`, `config.json`, `summary.json`, `table.md`, `al_curve.png`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from agir.runs import append_jsonl, write_json, write_text
 log = get_logger("simulate")
 
 ALL_STRATEGIES = ("random", "stratified", "entropy", "margin", "least_confidence", "diverse", "kcenter")
-DEFAULT_STRATEGIES = ("random", "stratified", "entropy", "margin", "least_confidence", "diverse")
+# least_confidence ranks as margin_mean does in binary mode (1 - max p = (1 - margin) / 2 per pixel)
+DEFAULT_STRATEGIES = ("random", "entropy", "diverse", "stratified", "margin")
 # strategies that rank by the model's scores need the whole unlabelled pool inferred each round;
 # the others only need pre-labels of the images they pick (for the effort figure)
 METADATA_ONLY = frozenset({"random", "stratified"})
@@ -57,7 +58,7 @@ class SimConfig:
     test: int = 40  # fixed test images, never selectable
     initial: int = 10  # random initial labelled set
     rounds: int = 4
-    per_round: int = 10
+    per_round: int = 15
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     seeds: tuple[int, ...] = (0, 1)
     data_seed: int = 0  # demo generator seed (the same database for every seed/strategy)
@@ -69,12 +70,13 @@ class SimConfig:
     crop_size: int = 224
     batch_size: int = 8
     lr: float = 0.003
-    epochs: int = 10
+    epochs: int = 7
     steps_per_epoch: int = 20
     tile_size: int = 384
     overlap: float = 0.25
     infer_batch: int = 8
     threads: int = 2
+    jobs: int = 1  # seeds run in parallel processes
     data_dir: str | None = None  # reuse a generated demo database (else {out}/data)
 
     def check(self) -> None:
@@ -330,50 +332,103 @@ def run_strategy(cfg: SimConfig, strategy: str, seed: int, pool: Sequence[Sample
               "eval_s": round(time.perf_counter() - t1, 1)})
 
 
-def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], None] | None = None) -> dict:
-    """Run the whole simulation into `out`; returns the summary (also `out/summary.json`)."""
-    import torch
+def _say(progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    return progress or (lambda m: print(m, flush=True))
 
-    cfg.check()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    say = progress or log.info
-    torch.set_num_threads(int(cfg.threads))
-    started = time.perf_counter()
-    pool, test, data_info = prepare_data(cfg, out)
-    say(f"data: pool {len(pool)}, test {len(test)} images at {cfg.width}x{cfg.height} "
-        f"({data_info['generate_seconds']} s to generate)")
-    results_file = out / "results.jsonl"
+
+def run_seed(cfg: SimConfig, seed: int, out: Path, pool: Sequence[Sample], test: Sequence[Sample],
+             say: Callable[[str], None]) -> None:
+    """One seed: the shared round-0 model, then every strategy's rounds; lines go to results_seed{seed}.jsonl."""
+    results_file = out / f"results_seed{seed}.jsonl"
     results_file.unlink(missing_ok=True)
-    results: list[dict] = []
-    state = {"config": dataclasses.asdict(cfg), "data": data_info}
 
     def emit(row: dict) -> None:
-        results.append(row)
         append_jsonl(results_file, row)
         say(f"seed {row['seed']} {row['strategy']:>16s} round {row['round']}: {row['annotated']} images, "
             f"plant IoU {row['plant_iou']:.4f}, mIoU {row['miou']:.4f}"
             + (f", effort {row['effort_mean']:.4f}" if row.get("effort_mean") is not None else "")
             + f" (train {row['train_s']} s, infer {row.get('infer_s', 0)} s, eval {row['eval_s']} s)")
 
-    for seed in cfg.seeds:
-        rng = np.random.default_rng([seed, 11])
-        initial = [pool[i] for i in sorted(rng.choice(len(pool), cfg.initial, replace=False))]
-        model, mean, std, train_s = train_model(cfg, initial, out / "work" / f"seed{seed}" / "round0", seed * 1000)
-        predictor = make_predictor(cfg, model, mean, std)
-        t1 = time.perf_counter()
-        metrics = evaluate_test(predictor, test)
-        base = {"round": 0, "annotated": len(initial), **metrics, "effort_mean": None, "train_s": round(train_s, 1),
-                "eval_s": round(time.perf_counter() - t1, 1)}
-        round0 = {"labelled": initial, "model": model, "mean": mean, "std": std, "predictor": predictor}
-        for strategy in cfg.strategies:
-            emit({"seed": seed, "strategy": strategy, **base})  # the shared round-0 model, once per strategy
-            run_strategy(cfg, strategy, seed, pool, test, round0, out / "work", emit)
-            state["seconds"] = round(time.perf_counter() - started, 1)
-            summary = summarize(results, cfg)
-            write_outputs(out, {**state, **summary}, results, cfg)
-    state["seconds"] = round(time.perf_counter() - started, 1)
-    summary = {**state, **summarize(results, cfg)}
+    rng = np.random.default_rng([seed, 11])
+    initial = [pool[i] for i in sorted(rng.choice(len(pool), cfg.initial, replace=False))]
+    model, mean, std, train_s = train_model(cfg, initial, out / "work" / f"seed{seed}" / "round0", seed * 1000)
+    predictor = make_predictor(cfg, model, mean, std)
+    t1 = time.perf_counter()
+    metrics = evaluate_test(predictor, test)
+    base = {"round": 0, "annotated": len(initial), **metrics, "effort_mean": None, "train_s": round(train_s, 1),
+            "eval_s": round(time.perf_counter() - t1, 1)}
+    round0 = {"labelled": initial, "model": model, "mean": mean, "std": std, "predictor": predictor}
+    for strategy in cfg.strategies:
+        emit({"seed": seed, "strategy": strategy, **base})  # the shared round-0 model, once per strategy
+        run_strategy(cfg, strategy, seed, pool, test, round0, out / "work", emit)
+        collect(out, cfg)  # partial results stay readable while the rest runs
+
+
+def _seed_worker(cfg: SimConfig, out: str, seed: int) -> None:
+    """A process per seed (spawned): single-threaded torch, data re-read from the parent's database."""
+    import torch
+
+    torch.set_num_threads(int(cfg.threads))
+    pool, test, _ = prepare_data(cfg, Path(out))
+    run_seed(cfg, seed, Path(out), pool, test, _say(None))
+
+
+def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], None] | None = None) -> dict:
+    """Run the whole simulation into `out`; returns the summary (also `out/summary.json`).
+
+    `cfg.jobs` > 1 runs seeds in parallel processes with `threads // jobs` torch threads each: on a
+    shared CPU one single-threaded process per core wastes far less than threads spinning at barriers.
+    """
+    cfg.check()  # before the slow torch import: a bad setting fails at once
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = _say(progress)
+    started = time.perf_counter()
+    for old in out.glob("results_seed*.jsonl"):
+        old.unlink()
+    pool, test, data_info = prepare_data(cfg, out)
+    write_json(out / "data_info.json", data_info)
+    write_json(out / "config.json", dataclasses.asdict(cfg))
+    say(f"data: pool {len(pool)}, test {len(test)} images at {cfg.width}x{cfg.height} "
+        f"({data_info['generate_seconds']} s to generate)")
+    jobs = min(int(cfg.jobs), len(cfg.seeds))
+    if jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        child = dataclasses.replace(cfg, data_dir=data_info["data_dir"], threads=max(1, int(cfg.threads) // jobs))
+        del pool, test
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            for f in [ex.submit(_seed_worker, child, str(out), seed) for seed in cfg.seeds]:
+                f.result()
+    else:
+        torch.set_num_threads(int(cfg.threads))
+        for seed in cfg.seeds:
+            run_seed(cfg, seed, out, pool, test, say)
+    summary = collect(out, cfg)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def read_results(out: Path) -> list[dict]:
+    from agir.runs import read_jsonl
+
+    rows: list[dict] = []
+    for f in sorted(Path(out).glob("results_seed*.jsonl")):
+        rows += read_jsonl(f)
+    return rows
+
+
+def collect(out: Path, cfg: SimConfig) -> dict:
+    """Summarise every results_seed*.jsonl in `out` into summary.json, table.md and al_curve.png."""
+    from agir.runs import read_json_or
+
+    results = read_results(out)
+    summary = {"config": dataclasses.asdict(cfg), "data": read_json_or(out / "data_info.json", {}),
+               **summarize(results, cfg)}
     write_outputs(out, summary, results, cfg)
     return summary
 
@@ -524,10 +579,13 @@ def build_parser(prog: str = "agir-cvtoolkit simulate") -> argparse.ArgumentPars
     for name, typ in (("pool", int), ("test", int), ("initial", int), ("rounds", int), ("per_round", int),
                       ("data_seed", int), ("width", int), ("height", int), ("epochs", int), ("steps_per_epoch", int),
                       ("tile_size", int), ("batch_size", int), ("crop_size", int), ("lr", float), ("threads", int),
+                      ("jobs", int),
                       ("arch", str), ("encoder", str)):
         ap.add_argument(f"--{name.replace('_', '-')}", type=typ, default=getattr(d, name),
                         help=f"default {getattr(d, name)}")
     ap.add_argument("--data-dir", default=None, help="reuse a demo database generated by an earlier run")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="only rebuild summary/table/plot from --out's results (a partial or finished run)")
     return ap
 
 
@@ -537,6 +595,12 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     except ValueError as exc:
         raise AgirError(f"simulate --seeds={args.seeds!r}: give integers separated by commas") from exc
     fields = {f.name for f in dataclasses.fields(SimConfig)} - {"strategies", "seeds"}
+    if getattr(args, "summarize_only", False):
+        from agir.runs import read_json_or
+
+        saved = read_json_or(Path(args.out) / "config.json", None)
+        if saved:  # the run's own settings, not this command line's defaults
+            return SimConfig(**{**saved, "strategies": tuple(saved["strategies"]), "seeds": tuple(saved["seeds"])})
     kw = {k: v for k, v in vars(args).items() if k in fields}
     return SimConfig(strategies=tuple(s.strip() for s in str(args.strategies).split(",") if s.strip()),
                      seeds=seeds, **kw)
@@ -549,14 +613,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
-        summary = run_simulation(cfg, args.out, progress=lambda m: print(m, flush=True))
+        if args.summarize_only:
+            if not read_results(Path(args.out)):
+                raise AgirError(f"{args.out}: no results_seed*.jsonl to summarise; run the simulation first")
+            summary = collect(Path(args.out), cfg)
+        else:
+            summary = run_simulation(cfg, args.out, progress=lambda m: print(m, flush=True))
     except AgirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print()
     for line in format_lines(summary):
         print(line)
-    print(f"results: {Path(args.out) / 'table.md'}  {Path(args.out) / 'al_curve.png'}  ({summary['seconds']} s)")
+    print(f"results: {Path(args.out) / 'table.md'}  {Path(args.out) / 'al_curve.png'}  ({summary.get('seconds', '?')} s)")
     return 0
 
 

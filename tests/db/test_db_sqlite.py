@@ -279,3 +279,4 @@ def test_query_command_on_a_sqlite_file(tmp_path, semif_table_3k):
     assert bad.returncode != 0
     said = bad.stdout + bad.stderr + "".join(p.read_text() for p in work.rglob("*.log"))
     assert "unknown column 'stat'" in said and "did you mean 'state'" in said
+    assert got[0].read_text() == want  # checked before Snakemake: the good outputs stay

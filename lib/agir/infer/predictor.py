@@ -16,7 +16,8 @@ A `stats` accumulator passed to `predict` gets each finalised band's normalised 
 per-image uncertainty costs neither a full-frame probability map nor a second pass.
 
 BatchNorm layers that directly follow a convolution are folded into it (inference only, on a
-copy of the model; the caller's model is left untouched), which saves one pass over every
+copy of the model, so the caller's model is left untouched and later changes to it are not seen),
+which saves one pass over every
 activation map on a CPU.
 """
 

@@ -137,7 +137,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="optimiser steps per epoch")
     ap.add_argument("--threshold", type=float, default=0.9, help="combined pre-labeler: model confidence")
     ap.add_argument("--variants", default="demo,improved")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy shared machine)")
     ap.add_argument("--out", type=Path, default=None, help="write per-photo results as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -179,6 +179,9 @@ def main() -> int:
             results[name] = row
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
             print(f"{name}: {json.dumps(shown)} ({time.time() - t0:.0f}s)", flush=True)
+            running = {k: round(float(np.mean([r[k] for r in results.values()])), 4)
+                       for k in row if not k.startswith("samples_")}
+            print(f"  running means over {len(results)} held-out photo(s): {json.dumps(running)}", flush=True)
 
     keys = [k for k in next(iter(results.values())) if not k.startswith("samples_")]
     means = {k: float(np.mean([r[k] for r in results.values()])) for k in keys}

@@ -56,15 +56,14 @@ def main() -> int:
 
     # Round 1: everything up to a trained model (the demo database is generated when missing).
     sh(cli + ["run", "--cores", str(args.cores)] + base + ["-o", "project.subname=round_001"])
-    # Round 2: pre-label with round 1's model.
-    ckpt = r1 / "model" / "best.pth"
+    # Round 2: pre-label with round 1's model (`previous`: the round before's model/best.pth, through the DAG).
     sh(cli + ["run", "--cores", str(args.cores)] + base + [
         "-o", "project.subname=round_002", "-o", "project.until=infer",
-        "-o", f"seg_inference.model.ckpt_path={ckpt.relative_to(ROOT)}",
+        "-o", "seg_inference.model.ckpt_path=previous",
     ])
     for rnd in (r1, r2):
-        cfg = rnd / "overrides.yaml"
-        sh(snake + ["--configfile", "config/config.yaml", str(cfg.relative_to(ROOT)),
+        # any round's output is a target; its saved settings come with it
+        sh(snake + [str((rnd / "report" / "summary.json").relative_to(ROOT)),
                     "--report", str((rnd / "report.html").relative_to(ROOT))])
 
     q1 = json.loads((r1 / "infer" / "quality.json").read_text())

@@ -107,6 +107,10 @@ def checkpoint_input(wildcards):
         return {"ckpt": f"{OUT_ROOT}/{wildcards.project}/{prev}/model/best.pth"}
     if str(ckpt) == "auto":
         return {"prelabeler": rp(wildcards, "infer/prelabeler.json")}
+    if Path(run_of(wildcards)).resolve() in Path(str(ckpt)).resolve().parents:
+        # this round's own model (the old tool's "train, then infer-seg with it, upload more" in one run):
+        # used as it is, not rebuilt through the DAG, which would be a cycle; its path is in params
+        return {}
     return {"ckpt": str(ckpt)}
 
 

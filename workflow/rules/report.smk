@@ -42,3 +42,14 @@ rule report_summary:
         f"{ENVS}/base.yaml"
     script:
         f"{SCRIPTS}/report_summary.py"
+
+
+# `snakemake --report` before the round was built: say what to run first instead of a WorkflowError.
+if workflow.is_main_process and any(a == "--report" or a.startswith("--report=") for a in sys.argv):
+    _summary = default_path("report/summary.json")
+    _targets = [a for a in sys.argv[1:] if not a.startswith("-") and a.startswith(OUT_ROOT + "/")]
+    if not _targets and not Path(_summary).exists():
+        sys.exit(
+            f"agir: nothing to report yet: {_summary} is missing; build the round first "
+            "(snakemake --cores 2, or make demo), then rerun snakemake --report"
+        )

@@ -42,6 +42,12 @@ FILTERS = [f"state={','.join(STATES)}", f"estimated_bbox_area_cm2>={MIN_AREA}", 
 
 
 def build(rows: int, work: Path) -> tuple[Path, Path]:
+    stamp = work / "built.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("rows") == rows:
+        print(f"reusing the {rows}-row databases in {work}", flush=True)
+        return work / "semif.duckdb", work / "semif.sqlite"
+    for old in (stamp, work / "semif.duckdb", work / "semif.sqlite"):
+        old.unlink(missing_ok=True)
     t = time.perf_counter()
     table = synthetic_semif(rows, seed=0)
     duck = write_duckdb(work / "semif.duckdb", {"semif": table})
@@ -56,6 +62,7 @@ def build(rows: int, work: Path) -> tuple[Path, Path]:
         con.executemany(f"INSERT INTO semif VALUES ({marks})", zip(*(c.to_pylist() for c in part.columns)))
     con.commit()
     con.close()
+    stamp.write_text(json.dumps({"rows": rows}))
     print(f"built {rows} rows (DuckDB {duck.stat().st_size / 2**20:.0f} MiB, SQLite {lite.stat().st_size / 2**20:.0f} "
           f"MiB) in {time.perf_counter() - t:.1f} s", flush=True)
     return duck, lite
@@ -98,8 +105,8 @@ t = time.perf_counter()
 metrics = run_query_stage(json.loads(sys.argv[1]), sys.argv[2])
 done = time.perf_counter()
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"stage_s": done - t, "process_s": done - t0, "rows": metrics["rows_returned"],
-                  "peak_rss_mib": hwm / 1024}))
+print("AGIR_COLD " + json.dumps({"stage_s": done - t, "process_s": done - t0, "rows": metrics["rows_returned"],
+                  "peak_rss_mib": hwm / 1024}), flush=True)
 """
 
 
@@ -107,7 +114,7 @@ def run_agir_cold(db: Path, run: Path) -> dict:
     """The stage in a fresh process: nothing imported, opened or cached before it."""
     proc = subprocess.run([sys.executable, "-c", COLD, json.dumps(agir_cfg(db)), str(run)],
                           capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.rsplit("AGIR_COLD ", 1)[1].splitlines()[0])
 
 
 def copy_cost(lite: Path, work: Path) -> float:
@@ -137,7 +144,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=None, help="keep the databases here (default: a temp folder)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the databases here and reuse them on the next run (default: a temp folder)")
     ap.add_argument("--sqlite-source", action="store_true", help="(kept for old command lines; always on)")
     ap.add_argument("--copy-cost", action="store_true",
                     help="also time a whole-table copy of the SQLite file into DuckDB (a cache build)")

@@ -126,3 +126,49 @@ def test_overrides_persist_per_run(tmp_path, repo_root):
     # a different round does not inherit it
     cfg3, run3, _ = resolve_run_config(cfg_file, ["project.subname=round_002"])
     assert run3 != run and cfg3["seg_inference"]["tile"]["size"] == base["seg_inference"]["tile"]["size"]
+
+
+# ---------------------------------------------------------------- the old tool's keys, --config strings, rounds
+
+def test_old_tool_keys_are_aliases_reported_once(caplog):
+    import logging
+
+    from agir.config import ALIASES, fold_aliases, load_config
+
+    caplog.set_level(logging.INFO, logger="agir")
+    cfg = load_config(None, overrides=[f"{old}=" + ("2" if "epochs" in old else "x") for old in ALIASES
+                                       if not old.endswith(("save_images", "project_id"))]
+                      + ["seg_inference.output.save_images=true", "cvat_upload.project_id=7"])
+    assert cfg["train"]["epochs"] == 2 and cfg["train"]["encoder"] == "x" and cfg["train"]["arch"] == "x"
+    assert cfg["seg_inference"]["overlays"] is True and cfg["cvat"]["project_id"] == 7
+    tree = {"train": {"model": {"arch": "FPN", "encoder_name": "resnet34"}, "max_epochs": 3}}
+    fold_aliases(tree)
+    assert tree == {"train": {"arch": "FPN", "encoder": "resnet34", "epochs": 3}}
+    lines = [r.getMessage() for r in caplog.records if "AgIR-CVToolkit's name" in r.getMessage()]
+    assert len(lines) == len(set(lines)) and any("using train.epochs" in ln for ln in lines)
+
+
+def test_config_strings_from_snakemake_are_typed_by_the_schema():
+    from agir.config import coerce_to_schema, load_schema
+
+    cfg = {"query": {"limit": "20", "filters": "state=NC", "sample": "random:n=3"}, "train": {"lr": "0.01"},
+           "seg_inference": {"overlays": "false", "model": {"ckpt_path": "null"}}}
+    coerce_to_schema(cfg, load_schema())
+    assert cfg["query"] == {"limit": 20, "filters": "state=NC", "sample": "random:n=3"}
+    assert cfg["train"]["lr"] == 0.01 and cfg["seg_inference"]["overlays"] is False
+
+
+def test_round_config_is_project_config_plus_saved_settings(tmp_path):
+    from agir.config import list_rounds, load_config, round_config
+
+    base = load_config(None, overrides=[f"io.out_root={tmp_path}"])
+    run = tmp_path / "p" / "round_002"
+    run.mkdir(parents=True)
+    (run / "overrides.yaml").write_text("train:\n  max_epochs: 3\nproject:\n  subname: elsewhere\n")
+    cfg = round_config(base, tmp_path, "p", "round_002")
+    assert cfg["train"]["epochs"] == 3 and cfg["project"]["subname"] == "round_002"
+    assert round_config(base, tmp_path, "p", "round_002", command_line={"train": {"epochs": 5}})["train"]["epochs"] == 5
+    (run / "overrides.yaml").write_text("train:\n  epochs: [\n")
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+"):
+        round_config(base, tmp_path, "p", "round_002")
+    assert list_rounds(tmp_path) == [run]

@@ -67,7 +67,7 @@ def read_classes(folder_or_file: str | os.PathLike) -> list[dict]:
     if p.is_dir():
         p = p / "classes.json"
     if not p.exists():
-        raise AgirError(f"{p}: classes.json missing; every mask folder needs one (DESIGN.md §4)")
+        raise AgirError(f"{p}: classes.json missing; every mask folder needs one (see docs/run_folder.md, Masks and classes)")
     classes = read_json(p)
     seen = set()
     for c in classes:

@@ -549,6 +549,9 @@ def plot_curves(summary: Mapping, path: Path) -> None:
         hi = [r["plant_iou_max"] for r in d["rounds"]]
         (line,) = ax.plot(xs, ys, marker="o", label=strategy)
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+    if summary.get("random_final"):  # the level label_efficiency measures against
+        ax.axhline(summary["random_final"]["plant_iou"], color="grey", ls="--", lw=0.8,
+                   label="random's final IoU")
     seeds = max((r["seeds"] for d in summary["strategies"].values() for r in d["rounds"]), default=0)
     ax.set_xlabel("annotated images")
     ax.set_ylabel("test plant IoU")

@@ -242,6 +242,8 @@ def open_source(db_cfg: Mapping[str, Any], name: str = "semif") -> Source:
     except (duckdb.Error, adbc.Error, OSError) as exc:
         raise AgirError(f"db.{name}.path: cannot read {path_text} as {kind} ({str(exc).splitlines()[0]}); "
                         "check the file is complete and of that kind") from exc
+    # DuckDB draws a progress bar on stdout for queries over ~2 s; the stage reports through its log
+    con.execute("SET enable_progress_bar = false")
     if cols is None:
         cols = {r[0]: r[1] for r in con.execute(f"DESCRIBE {SOURCE_VIEW}").fetchall()}
     return Source(con=con, kind=kind, path=path_text, table=table, columns=cols, files=files, sqlite=lite,

@@ -18,11 +18,16 @@ HEADER = """# Configuration reference
 This page is generated from `workflow/schemas/config.schema.yaml` by `python -m agir.config_reference`
 (a test fails when it is out of date). Override any key for one run with
 `agir-cvtoolkit <stage> -o dotted.key=value` (values are YAML: `3`, `0.5`, `true`, `null`, `[a, b]`);
-overrides persist in the run's `overrides.yaml`, so later stage commands of the same round see them.
-With plain Snakemake use `--configfile my.yaml` or `--config dotted.key=value`.
+overrides persist in the run's `overrides.yaml`, which every entry point (the CLI, plain `snakemake` with any
+round's output as target, `status`) applies on top of this file; `key=null` clears a saved value.
+With plain Snakemake use `--configfile my.yaml` or the nested form `--config 'query={limit: 20}'`
+(Snakemake 9 refuses dotted keys there; values are typed by the schema). The old AgIR-CVToolkit's keys
+(`train.max_epochs`, `train.model.encoder_name`, `train.model.arch`, `cvat_upload.project_id`,
+`seg_inference.output.save_images`) are accepted and reported once naming ours.
 
 Sections: `project` (which run folder), `io` (where outputs go, where images live), `db` (database sources),
-`query`, `classes`, `seg_inference`, `cvat` / `cvat_upload` / `cvat_download`, `preprocess`, `train`.
+`query`, `classes`, `seg_inference`, `select` (active selection), `cvat` / `cvat_upload` / `cvat_download`,
+`preprocess`, `train`.
 Each stage reruns only when the sections it reads change (see `lib/agir/workflow.py: STAGE_SECTIONS`).
 
 | key | type | default | description |

@@ -18,7 +18,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "select": ("io", "db", "query", "classes", "preprocess", "select"),
     "prelabeler": ("io", "db", "query", "classes", "seg_inference", "preprocess"),
     "evaluate": ("io", "db", "query", "classes", "seg_inference"),
-    "upload": ("cvat", "cvat_upload"),
+    "upload": ("cvat", "cvat_upload", "select"),
     "download": ("cvat", "cvat_download"),
     "preprocess": ("io", "db", "query", "classes", "preprocess", "select"),
     "train": ("train",),

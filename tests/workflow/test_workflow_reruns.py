@@ -41,13 +41,13 @@ def test_tile_setting_reruns_inference_and_dependents(built_copy):
     assert set(planned_rules(built_copy)) == {"infer_seg", "evaluate_prelabels", "report_summary", "all"}
 
 
-def test_tile_setting_with_cvat_says_new_tasks(built_copy):
+def test_tile_setting_with_cvat_says_earlier_batches_are_kept(built_copy):
     run = built_copy / RUN
     (run / "cvat").mkdir(exist_ok=True)
     (run / "cvat" / "upload.json").write_text(json.dumps({"tasks": []}))
     write_config(built_copy, **{"seg_inference.tile.size": 96, "preprocess.label_source": "cvat"})
     proc = run_snakemake(built_copy, "-n", "all")
-    assert "new CVAT task" in proc.stdout + proc.stderr
+    assert "earlier batches of the round and their tasks are kept" in proc.stdout + proc.stderr
 
 
 def test_editing_database_reruns_query(built_copy):

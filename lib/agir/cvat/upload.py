@@ -82,15 +82,36 @@ def upload_settings(cfg: Mapping[str, Any]) -> dict:
     }
 
 
-def collect_frames(run: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    """(frames to upload, classes of infer/masks, skipped records with reasons) from the infer outputs."""
+def selected_ids(cfg: Mapping[str, Any], run: Path) -> list[str] | None:
+    """The ids the round's selection stage chose (select.strategy other than all), in pick order; else None."""
+    if str((cfg.get("select") or {}).get("strategy", "all")) == "all":
+        return None
+    path = Path(run) / "select" / "selection.json"
+    if not path.exists():
+        raise AgirError(f"{path}: missing; select.strategy is set, run the selection first (agir-cvtoolkit select)")
+    return [str(i) for i in json.loads(path.read_text()).get("selected", [])]
+
+
+def collect_frames(run: Path, only: list[str] | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(frames to upload, classes of infer/masks, skipped records with reasons) from the infer outputs.
+
+    `only`: the selected ids (active selection): just those images go to people, in pick order.
+    """
     infer = Path(run) / "infer"
     manifest = infer / "manifest.jsonl"
     if not manifest.exists():
         raise AgirError(f"{manifest}: missing; run infer-seg for this round first (agir-cvtoolkit infer-seg)")
     classes = read_classes(infer / "masks")
     frames, skipped, seen = [], [], set()
-    for rec in read_jsonl(manifest):
+    lines = read_jsonl(manifest)
+    if only is not None:
+        by_id = {str(rec.get("id", "")): rec for rec in lines}
+        missing_sel = [i for i in only if i not in by_id]
+        if missing_sel:
+            raise AgirError(f"{manifest}: selected image(s) {', '.join(missing_sel[:5])} have no pre-label; "
+                            "rerun infer-seg for this round (agir-cvtoolkit infer-seg)")
+        lines = [by_id[i] for i in only]
+    for rec in lines:
         rid = str(rec.get("id", ""))
         if rec.get("status") != "ok":
             continue
@@ -566,7 +587,7 @@ def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session:
 
 def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None) -> dict:
     t_start = time.perf_counter()
-    frames, classes, skipped = collect_frames(run)
+    frames, classes, skipped = collect_frames(run, selected_ids(cfg, run))
     plans = plan_tasks(frames, cfg, classes)
     receipt_path = cvat_dir(run) / "upload.json"
     batches = load_batches(run)

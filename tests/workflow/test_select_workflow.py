@@ -1,0 +1,78 @@
+"""Active selection as a real Snakemake stage: reruns on select.* changes, only the selection goes to CVAT,
+images annotated in an earlier round are not chosen again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from cvat_server.fixtures import cvat_env, cvat_server  # noqa: F401  (fixtures)
+from wfutil import planned_rules, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+R1 = Path("outputs/runs/tiny/round_001")
+R2 = Path("outputs/runs/tiny/round_002")
+R3 = Path("outputs/runs/tiny/round_003")
+
+
+def save_round(workdir: Path, run: Path, settings: dict) -> None:
+    (workdir / run).mkdir(parents=True, exist_ok=True)
+    (workdir / run / "overrides.yaml").write_text(yaml.safe_dump(settings))
+
+
+ROUND = {
+    "seg_inference": {"model": {"ckpt_path": "previous"}},
+    "select": {"strategy": "entropy", "n": 2},
+    "project": {"until": "preprocess"},
+}
+
+
+def test_selection_stage_reruns_filters_upload_and_excludes_annotated(built_copy, cvat_env):  # noqa: F811
+    save_round(built_copy, R2, ROUND)
+    target = str(R2 / "select" / "selection.json")
+    planned = planned_rules(built_copy, target)
+    assert planned.get("select_images") == 1 and planned.get("infer_seg") == 1 and "train_model" not in planned
+    run_snakemake(built_copy, target)
+    sel = json.loads((built_copy / target).read_text())
+    assert sel["strategy"] == "entropy" and len(sel["selected"]) == 2 and not sel.get("fallback")
+    lines = [json.loads(x) for x in (built_copy / R2 / "infer" / "manifest.jsonl").read_text().splitlines() if x]
+    assert all("uncertainty" in line for line in lines if line["status"] == "ok")  # a model pre-labelled
+    assert (built_copy / R2 / "select" / "scores.parquet").exists()
+    assert (built_copy / R2 / "select" / "gallery.png").stat().st_size > 1000
+
+    # a select.* change reruns the selection, not the inference
+    save_round(built_copy, R2, {**ROUND, "select": {"strategy": "entropy", "n": 3}})
+    planned = planned_rules(built_copy, target)
+    assert planned.get("select_images") == 1 and "infer_seg" not in planned
+
+    # only the selected images go to CVAT
+    save_round(built_copy, R2, {**ROUND, "preprocess": {"label_source": "cvat"},
+                                "cvat_upload": {"max_frames_per_task": 10}})
+    run_snakemake(built_copy, str(R2 / "cvat" / "upload.json"))
+    sel = json.loads((built_copy / target).read_text())
+    receipt = json.loads((built_copy / R2 / "cvat" / "upload.json").read_text())
+    uploaded = [f["record_id"] for t in receipt["tasks"] for f in t["frames"]]
+    assert sorted(uploaded) == sorted(sel["selected"]) and len(uploaded) == 2
+
+    # db_masks: round 2's selection entered its dataset; round 3 does not choose those images again
+    save_round(built_copy, R2, ROUND)
+    run_snakemake(built_copy, str(R2 / "dataset" / "index.csv"))
+    save_round(built_copy, R3, {**ROUND, "select": {"strategy": "margin", "n": 2}})
+    run_snakemake(built_copy, str(R3 / "select" / "selection.json"))
+    sel2 = json.loads((built_copy / R2 / "select" / "selection.json").read_text())
+    sel3 = json.loads((built_copy / R3 / "select" / "selection.json").read_text())
+    assert sel3["excluded"]["count"] >= 2
+    assert not set(sel3["selected"]) & set(sel2["selected"])
+
+
+def test_uncertainty_strategy_without_model_falls_back(workdir):
+    save_round(workdir, R1, {"select": {"strategy": "entropy", "n": 2, "fallback": "random"},
+                             "project": {"until": "select"}})
+    proc = run_snakemake(workdir, str(R1 / "select" / "selection.json"))
+    sel = json.loads((workdir / R1 / "select" / "selection.json").read_text())
+    assert sel["fallback"] and len(sel["selected"]) == 2
+    log = (workdir / R1 / "logs" / "select_images.log").read_text()
+    assert sum("fall" in ln.lower() and "INFO" in ln for ln in log.splitlines()) == 1, log + proc.stderr

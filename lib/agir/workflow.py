@@ -13,8 +13,8 @@ from agir.runs import project_dir
 # open image files get the whole `io` section (storage roots).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "query": ("db", "query"),
-    "infer": ("io", "db", "query", "classes", "seg_inference", "select"),
-    "score": ("io", "db", "query", "classes", "seg_inference", "select"),
+    "infer": ("io", "db", "query", "classes", "seg_inference"),
+    "score": ("io", "db", "query", "classes", "seg_inference"),
     "select": ("io", "db", "query", "classes", "preprocess", "select"),
     "prelabeler": ("io", "db", "query", "classes", "seg_inference", "preprocess"),
     "evaluate": ("io", "db", "query", "classes", "seg_inference"),
@@ -23,6 +23,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "preprocess": ("io", "db", "query", "classes", "preprocess", "select"),
     "train": ("train",),
     "report": ("project",),
+}
+
+# Stages that read only some keys of a section: a change of the others must not rerun them
+# (choosing another select.n reruns the selection, not the inference).
+STAGE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "infer": {"select": ("uncertain_margin",)},
+    "score": {"select": ("uncertain_margin", "score_max_side")},
 }
 
 STAGE_ORDER = ("query", "infer", "select", "upload", "download", "preprocess", "train")
@@ -37,6 +44,9 @@ def stage_config(config: Mapping[str, Any], stage: str) -> dict:
     for key in STAGE_SECTIONS[stage]:
         if key in config:
             out[key] = config[key]
+    for section, keys in STAGE_KEYS.get(stage, {}).items():
+        if section in config:
+            out[section] = {k: config[section][k] for k in keys if k in config[section]}
     return out
 
 

@@ -20,9 +20,10 @@ without BatchNorm folding (`agir_nofold`) to the interleaved runs, to show what 
 Besides wall time, each run's process CPU time is reported (less sensitive to other processes'
 load on a shared machine, though it counts threads spinning while they wait).
 
-Each method runs `--repeats` times, interleaved, after one warm-up; the ratios use the median run
-of each (robust to load that comes and goes on a shared machine); ratios of the best runs follow. The model object is shared,
-so every method sees the same weights and memory format. On CUDA every method runs under the
+Each method runs `--repeats` times, interleaved (each repeat starts one method later), after one
+warm-up; the ratios use the median run of each (robust to load that comes and goes on a shared
+machine); ratios of the best runs and of median CPU times follow. The model object is shared
+(agir runs its BatchNorm-folded copy), so every method sees the same weights and memory format. On CUDA every method runs under the
 same float16 autocast and timings are synchronised.
 
     .venv/bin/python benchmarks/infer_bench.py [--device cpu|cuda] [--repeats 3] [--threads N] [--image PATH]
@@ -145,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
           f"batch_size {batch_size} -> {bs}, BatchNorm folded: {predictor.folded_bn} layer(s), {len(tiles)} tiles, "
           f"device {device}, torch threads {torch.get_num_threads()}")
     run_forward()  # warm-up (allocator, kernels)
+    order = list(methods)
     for rep in range(args.repeats):
-        for name, fn in methods.items():
+        # each repeat starts one method later, so load that rises or falls through a repeat favours none
+        for name in order[rep % len(order):] + order[:rep % len(order)]:
+            fn = methods[name]
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             out = fn()
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu[name].append(time.process_time() - c0)
             if out is not None:
                 results[name] = out
-        print(f"  repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
+        print(f"  repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s (cpu {cpu[k][-1]:.1f})" for k, v in times.items()))
     best = {k: min(v) for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     cmed = {k: statistics.median(v) for k, v in cpu.items()}

@@ -76,3 +76,23 @@ def test_uncertainty_strategy_without_model_falls_back(workdir):
     assert sel["fallback"] and len(sel["selected"]) == 2
     log = (workdir / R1 / "logs" / "select_images.log").read_text()
     assert sum("fall" in ln.lower() and "INFO" in ln for ln in log.splitlines()) == 1, log + proc.stderr
+
+
+def test_auto_prelabeler_picks_the_better_of_index_and_models(built_copy):
+    import subprocess
+    import sys
+
+    save_round(built_copy, R2, {"seg_inference": {"model": {"ckpt_path": "auto"}}, "project": {"until": "infer"}})
+    target = str(R2 / "infer" / "manifest.jsonl")
+    planned = planned_rules(built_copy, target)
+    assert planned.get("choose_prelabeler") == 1 and planned.get("infer_seg") == 1
+    run_snakemake(built_copy, target)
+    choice = json.loads((built_copy / R2 / "infer" / "prelabeler.json").read_text())
+    names = {c["name"] for c in choice["candidates"]}
+    assert len(choice["candidates"]) == 2 and any("round_001" in str(c.get("path")) for c in choice["candidates"]), names
+    metrics = json.loads((built_copy / R2 / "infer" / "metrics.json").read_text())
+    used_model = "best.pth" in json.dumps(metrics)
+    assert used_model == (choice["chosen"] not in (None, "baseline"))
+    status = subprocess.run([sys.executable, "-m", "agir.cli", "status", "--config", "config.yaml"], cwd=built_copy,
+                            capture_output=True, text=True, timeout=300)
+    assert "pre-labeler" in status.stdout and choice["chosen_name"] in status.stdout

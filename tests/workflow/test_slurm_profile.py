@@ -36,7 +36,7 @@ from slurm_harness.cluster import (  # noqa: E402
 
 slurm_cluster = fixtures.slurm_cluster  # the session fixture, made visible to this module
 
-GPU_RULES = {"infer_seg", "infer_seg_shard", "train_model", "score_pool", "choose_prelabeler"}
+GPU_RULES = {"infer_seg", "infer_seg_shard", "train_model", "score_pool", "score_pool_shard", "choose_prelabeler"}
 # More threads than the submit host has cores: shows whether anything caps threads at --cores.
 CPU_RULE_THREADS = (os.cpu_count() or 1) + 1
 

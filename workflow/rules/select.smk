@@ -13,9 +13,23 @@ def select_inputs(wildcards):
     }
 
 
+def pool_inputs(wildcards):
+    inputs = {k: v for k, v in infer_inputs(wildcards).items() if k != "selection"}
+    if len(shard_ids(rcfg(wildcards))) > 1:
+        inputs["sharded"] = not_used(wildcards, "score_pool-with-shards")
+    return inputs
+
+
+def pool_shards(wildcards):
+    n = len(shard_ids(rcfg(wildcards)))
+    if n == 1:
+        return [not_used(wildcards, "score_gather-without-shards")]
+    return [rp(wildcards, f"select/pool/shards/{k}/manifest.jsonl") for k in range(n)]
+
+
 rule score_pool:
     input:
-        unpack(lambda wc: {k: v for k, v in infer_inputs(wc).items() if k != "selection"}),
+        unpack(pool_inputs),
     output:
         manifest=run_path("select/pool/manifest.jsonl"),
     params:
@@ -33,6 +47,49 @@ rule score_pool:
         f"{ENVS}/torch.yaml"
     script:
         f"{SCRIPTS}/score_pool.py"
+
+
+# seg_inference.shards > 1: the pool is scored in N jobs like inference, then gathered.
+rule score_pool_shard:
+    input:
+        unpack(lambda wc: {k: v for k, v in infer_inputs(wc).items() if k != "selection"}),
+    output:
+        manifest=run_path("select/pool/shards/{shard}/manifest.jsonl"),
+    params:
+        cfg=stage_params("score"),
+        shard_count=lambda wc: len(shard_ids(rcfg(wc))),
+    log:
+        log_path("score_pool_shard_{shard}"),
+    threads: 2
+    resources:
+        gpu=infer_gpu,
+        mem_mb=6000,
+        runtime=120,
+    conda:
+        f"{ENVS}/torch.yaml"
+    script:
+        f"{SCRIPTS}/score_pool.py"
+
+
+rule score_gather:
+    input:
+        pool_shards,
+    output:
+        manifest=run_path("select/pool/manifest.jsonl"),
+    params:
+        cfg=stage_params("score"),
+        shard_count=lambda wc: len(shard_ids(rcfg(wc))),
+    log:
+        log_path("score_gather"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    localrule: True
+    conda:
+        f"{ENVS}/torch.yaml"
+    script:
+        f"{SCRIPTS}/score_gather.py"
 
 
 rule select_images:

@@ -57,6 +57,9 @@ def test_summary_efficiency_against_random():
     assert "label_efficiency_margin=>1" in lines
     assert "effort_per_image_random_round_1=0.2500 +- 0.0500" in lines
     assert "final_plant_iou_margin=0.6100 +- 0.0100" in lines
+    assert s["paired_gain_vs_random"]["entropy"] == pytest.approx(
+        {"mean": 0.1, "sd": 0.0, "n": 4, "wins": 4})
+    assert "paired_gain_vs_random_margin=-0.0700 +- 0.0212 (" in lines and "0/4 better" in lines
 
 
 def test_bad_settings_are_one_line_errors():

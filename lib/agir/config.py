@@ -189,6 +189,14 @@ def config_errors(cfg: Mapping, schema: Mapping) -> list[str]:
         elif err.validator == "type":
             want = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
             lines.append(f"config key {path or '<root>'}: expected {want}, got {_describe(err.instance)}")
+        elif err.validator == "pattern" and isinstance(err.instance, str):
+            sub = schema
+            for part in err.absolute_path:
+                sub = _child_schema(sub, str(part), schema) or {}
+            types = sub.get("type") if isinstance(sub.get("type"), list) else [sub.get("type")]
+            other = " or ".join(t for t in types if t and t != "string")
+            want = f"{err.validator_value.strip('^$')}" + (f" or an {other}" if other else "")
+            lines.append(f"config key {path}: expected {want}, got {_describe(err.instance)}")
         elif err.validator == "enum":
             lines.append(f"config key {path}: {_describe(err.instance)} is not one of {err.validator_value}")
         else:

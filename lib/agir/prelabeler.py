@@ -195,7 +195,7 @@ def _predictor(cfg: Mapping, ckpt: Mapping[str, Any]):
     return TiledPredictor(
         model_from_checkpoint(ckpt, dev), head=ckpt["head"], mean=ckpt["normalization"]["mean"],
         std=ckpt["normalization"]["std"], tile_size=int(size), overlap=0.25 if overlap is None else float(overlap),
-        batch_size=batch if isinstance(batch, int) and batch > 0 else 4, blend=sc.get("blend", "gaussian"),
+        batch_size=batch if (isinstance(batch, int) and batch > 0) or batch == "auto" else "auto", blend=sc.get("blend", "gaussian"),
         device=dev, threshold=float((sc.get("post_process") or {}).get("threshold", 0.5)),
     )
 

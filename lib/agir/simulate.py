@@ -478,6 +478,19 @@ def summarize(results: Sequence[Mapping], cfg: SimConfig, key: str = "plant_iou"
              "effort_sd": float(np.std(effort[r])) if r in effort else None}
             for r, v in rounds.items()]}
     out: dict[str, Any] = {"metric": key, "strategies": per}
+    # paired with random on the same seed and round (same initial set, same training seed): the
+    # training noise both share cancels, which a flat learning curve needs
+    base = {(r["seed"], r["round"]): r[key] for r in results if r["strategy"] == "random" and r["round"] >= 1}
+    gains = {}
+    for strategy in per:
+        if strategy == "random":
+            continue
+        d = [float(r[key]) - float(base[(r["seed"], r["round"])]) for r in results
+             if r["strategy"] == strategy and r["round"] >= 1 and (r["seed"], r["round"]) in base]
+        if d:
+            gains[strategy] = {"mean": float(np.mean(d)), "sd": float(np.std(d)), "n": len(d),
+                               "wins": int(sum(v > 0 for v in d))}
+    out["paired_gain_vs_random"] = gains
     rnd = per.get("random")
     complete = rnd and rnd["rounds"][-1]["round"] == cfg.rounds
     if complete:
@@ -510,6 +523,9 @@ def format_lines(summary: Mapping) -> list[str]:
         else:
             lines.append(f"label_efficiency_{strategy}=>1 (never reached random's final "
                          f"{summary['random_final']['plant_iou']:.4f} within round {e['final_round']})")
+    for strategy, g in (summary.get("paired_gain_vs_random") or {}).items():
+        lines.append(f"paired_gain_vs_random_{strategy}={g['mean']:+.4f} +- {g['sd']:.4f} "
+                     f"(test plant IoU minus random's, same seed and round; {g['wins']}/{g['n']} better)")
     for strategy, d in summary["strategies"].items():
         for r in d["rounds"]:
             if r["effort_mean"] is not None:

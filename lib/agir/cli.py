@@ -205,7 +205,13 @@ def precheck(cfg: dict, command: str, accumulated: dict) -> None:
 def run_stage(args: argparse.Namespace) -> int:
     import logging
 
-    from agir.config import persist_overrides, resolve_run_config
+    from agir.config import (
+        config_file_differences,
+        persist_config_file_settings,
+        persist_overrides,
+        resolve_run_config,
+        saved_config_file_settings,
+    )
     from agir.logs import setup_logging
 
     setup_logging()
@@ -220,8 +226,11 @@ def run_stage(args: argparse.Namespace) -> int:
         log.info("download-cvat: this round's dataset will be built from the CVAT annotations "
                  "(preprocess.label_source=cvat saved for %s)", run)
     precheck(cfg, args.command, accumulated)
+    file_settings = config_file_differences(args.config) if args.config else saved_config_file_settings(run)
     if not args.dry_run:
         persist_overrides(run, accumulated)
+        if args.config:
+            persist_config_file_settings(run, file_settings)
     elif accumulated:
         log.info("dry run: the settings are not saved")
 
@@ -240,7 +249,7 @@ def run_stage(args: argparse.Namespace) -> int:
         targets = [str(run / STAGES[args.command][0])]
     if args.dry_run and accumulated:
         # a dry run must not change the run's saved state: show what Snakemake would do with the new settings
-        env["AGIR_PENDING_OVERRIDES"] = json.dumps(accumulated, default=str)
+        env["AGIR_PENDING_OVERRIDES"] = json.dumps({**file_settings, **accumulated}, default=str)
         env["AGIR_PENDING_RUN"] = str(run)
     config_file = Path(args.config) if args.config else None
     cmd = snakemake_command(args, config_file, targets, force_rule)
@@ -317,22 +326,28 @@ def show_overrides(args: argparse.Namespace) -> int:
     """`agir-cvtoolkit overrides [--clear]`: the settings saved for a run, as YAML."""
     import yaml
 
-    from agir.config import OVERRIDES_FILE, load_config, overrides_as_tree, persisted_overrides
+    from agir.config import (
+        CONFIG_FILE_SETTINGS,
+        OVERRIDES_FILE,
+        load_config,
+        overrides_as_tree,
+        persisted_overrides,
+    )
     from agir.runs import run_dir
 
     cfg = load_config(args.config, overrides=args.override, validate=False)
     run = run_dir(cfg)
-    path = run / OVERRIDES_FILE
+    paths = [run / OVERRIDES_FILE, run / CONFIG_FILE_SETTINGS]
     saved = persisted_overrides(run)
     if args.clear:
-        if path.exists():
-            path.unlink()
+        for path in paths:
+            path.unlink(missing_ok=True)
         print(f"agir: cleared {len(saved)} saved setting(s) of {run}")
         return 0
     if not saved:
-        print(f"# {path}: nothing saved; the round uses {args.config or 'config/config.yaml'} as it is")
+        print(f"# {run}: nothing saved; the round uses {args.config or 'config/config.yaml'} as it is")
         return 0
-    print(f"# {path}")
+    print(f"# {' + '.join(str(p) for p in paths if p.exists())}")
     print(yaml.safe_dump(overrides_as_tree(saved), sort_keys=False).rstrip())
     return 0
 

@@ -15,6 +15,9 @@ from agir.errors import ConfigError
 from agir.runs import read_yaml, run_dir, write_yaml
 
 OVERRIDES_FILE = "overrides.yaml"
+# Where `agir-cvtoolkit --config FILE` saves how FILE differs from config/config.yaml, so every entry point
+# (plain snakemake, status) sees the round as it was made; replaced whole by the next --config call.
+CONFIG_FILE_SETTINGS = "config_file_settings.yaml"
 
 
 def workflow_root() -> Path:
@@ -285,18 +288,37 @@ def overrides_as_tree(overrides: Mapping[str, Any]) -> dict:
     return tree
 
 
-def persisted_overrides(run: str | os.PathLike) -> dict[str, Any]:
-    """The run's overrides.yaml (a config tree Snakemake can read with --configfile) as dotted keys."""
-    p = Path(run) / OVERRIDES_FILE
-    if not p.exists():
+def _saved_tree(path: Path) -> dict[str, Any]:
+    if not path.exists():
         return {}
     try:
-        tree = read_yaml(p) or {}
+        tree = read_yaml(path) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: {yaml_error_text(exc)}; fix it or clear it (agir-cvtoolkit overrides --clear)") from exc
+        raise ConfigError(f"{path}: {yaml_error_text(exc)}; fix it or clear it (agir-cvtoolkit overrides --clear)") from exc
     if not isinstance(tree, Mapping):
-        raise ConfigError(f"{p}: expected a mapping of dotted settings; fix it or clear it (agir-cvtoolkit overrides --clear)")
+        raise ConfigError(f"{path}: expected a mapping of dotted settings; fix it or clear it (agir-cvtoolkit overrides --clear)")
     return flatten(tree)
+
+
+def saved_overrides(run: str | os.PathLike) -> dict[str, Any]:
+    """The run's `overrides.yaml` (-o values of stage commands, or written by hand) as dotted keys."""
+    return _saved_tree(Path(run) / OVERRIDES_FILE)
+
+
+def saved_config_file_settings(run: str | os.PathLike) -> dict[str, Any]:
+    """How the `--config FILE` the run was made with differs from config/config.yaml (dotted keys)."""
+    return _saved_tree(Path(run) / CONFIG_FILE_SETTINGS)
+
+
+def persisted_overrides(run: str | os.PathLike) -> dict[str, Any]:
+    """Everything saved for a run, as dotted keys: the --config FILE settings, then overrides.yaml on top."""
+    return {**saved_config_file_settings(run), **saved_overrides(run)}
+
+
+def persist_config_file_settings(run: str | os.PathLike, settings: Mapping[str, Any]) -> Path:
+    path = Path(run) / CONFIG_FILE_SETTINGS
+    write_yaml(path, overrides_as_tree(settings))
+    return path
 
 
 def persist_overrides(run: str | os.PathLike, overrides: Mapping[str, Any]) -> Path:
@@ -331,11 +353,11 @@ def resolve_run_config(
     overrides: Iterable[str] | Mapping[str, Any],
     replace_prefixes: Iterable[str] = (),
 ) -> tuple[dict, Path, dict[str, Any]]:
-    """The CLI's view: base config + the run's saved overrides + new ones (validated before anything is saved).
+    """The CLI's view: base config + the run's saved settings + new overrides (validated before anything is saved).
 
     `replace_prefixes`: earlier saved keys under these prefixes are dropped (a stage's new flags replace
     that stage's earlier flags). A value of null clears a saved key (back to the config's value).
-    Returns (resolved config, run folder, accumulated overrides to save).
+    Returns (resolved config, run folder, accumulated overrides to save in overrides.yaml).
     """
     import logging
 
@@ -346,20 +368,21 @@ def resolve_run_config(
     first = apply_overrides(base, {k: v for k, v in new.items() if k.startswith("project.") or k == "io.out_root"})
     validate_config(first)
     run = run_dir(first)
-    saved = {resolve_alias(k): v for k, v in persisted_overrides(run).items()}
+    saved = {resolve_alias(k): v for k, v in saved_overrides(run).items()}
     replaced = {k: v for k, v in saved.items() if any(k.startswith(p) for p in replace_prefixes) and k not in new}
     if replaced:
         log.info("earlier settings of this stage replaced: %s",
                  ", ".join(f"{k}={v!r}" for k, v in sorted(replaced.items())))
     accumulated = {k: v for k, v in saved.items() if k not in replaced}
-    accumulated.update(config_file_differences(config_file))
     base_flat = flatten(base)
     for key, value in new.items():
         if value is None and base_flat.get(key) is None:
             accumulated.pop(key, None)  # null clears: back to the config's value
         else:
             accumulated[key] = value
-    resolved = apply_overrides(base, accumulated)
+    file_settings = (config_file_differences(config_file) if config_file is not None
+                     else saved_config_file_settings(run))
+    resolved = apply_overrides(base, {**file_settings, **accumulated})
     try:
         validate_config(resolved)
     except ConfigError as exc:

@@ -503,7 +503,7 @@ def summarize(results: Sequence[Mapping], cfg: SimConfig, key: str = "plant_iou"
             reach = images_to_reach(xs, ys, target)
             eff[strategy] = {"images": reach, "ratio": None if reach is None else reach / used,
                              "reached": reach is not None, "final_round": d["rounds"][-1]["round"]}
-        out["random_final"] = {"plant_iou": target, "annotated": used}
+        out["random_final"] = {"plant_iou": target, "annotated": used, "rounds": cfg.rounds}
         out["label_efficiency"] = eff
     return out
 
@@ -518,7 +518,9 @@ def format_lines(summary: Mapping) -> list[str]:
                      f"(mIoU {last['miou_mean']:.4f} +- {last['miou_sd']:.4f}; {last['annotated']} images, "
                      f"round {last['round']}, {last['seeds']} seeds)")
     for strategy, e in (summary.get("label_efficiency") or {}).items():
-        if e["reached"]:
+        if e["final_round"] < summary["random_final"].get("rounds", e["final_round"]) and not e["reached"]:
+            lines.append(f"label_efficiency_{strategy}=pending (only round {e['final_round']} done so far)")
+        elif e["reached"]:
             lines.append(f"label_efficiency_{strategy}={e['ratio']:.3f} ({e['images']:.1f} images)")
         else:
             lines.append(f"label_efficiency_{strategy}=>1 (never reached random's final "

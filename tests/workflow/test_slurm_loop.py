@@ -38,7 +38,7 @@ def test_small_loop_runs_on_slurm_with_gpu_rules(slurm_cluster, tiny_demo, tmp_p
         tmp_path,
         REPO_ROOT / "Snakefile",
         ["all"],
-        ["--configfile", str(tmp_path / "config.yaml"), "--set-threads", "train=2", "infer_seg=2", "preprocess=1",
+        ["--configfile", str(tmp_path / "config.yaml"), "--set-threads", "train_model=2", "infer_seg=2", "preprocess_dataset=1",
          "--local-cores", "2"],  # a single-valued option last, so the target is not read as a list item
         timeout_s=900,
     )

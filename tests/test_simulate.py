@@ -74,8 +74,11 @@ def test_bad_settings_are_one_line_errors():
 
 @pytest.mark.slow
 def test_smoke_run_tiny_pool(tmp_path, capsys):
+    from agir.cli import main as agir_cvtoolkit
+
     out = tmp_path / "sim"
-    rc = main(["--out", str(out), "--pool", "6", "--test", "2", "--initial", "2", "--rounds", "1", "--per-round", "2",
+    # through the command people type: agir-cvtoolkit simulate ...
+    rc = agir_cvtoolkit(["simulate", "--out", str(out), "--pool", "6", "--test", "2", "--initial", "2", "--rounds", "1", "--per-round", "2",
                "--strategies", "random,entropy", "--seeds", "0", "--width", "128", "--height", "96",
                "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--crop-size", "64",
                "--tile-size", "128", "--threads", "1"])

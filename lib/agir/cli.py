@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--clear", action="store_true", help="forget every saved setting of the run")
 
     sim = sub.add_parser("simulate", help="measure what active selection buys with a simulated annotator")
-    sim.add_argument("sim_args", nargs=argparse.REMAINDER, help="arguments of benchmarks/al_bench.py (see --help)")
+    sim.add_argument("sim_args", nargs="*", help="the simulator's options: agir-cvtoolkit simulate --help")
 
     dd = sub.add_parser("demo-data", help="generate the embedded demo database and images")
     dd.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
@@ -368,6 +368,12 @@ def run_demo_data(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        # everything after `simulate` belongs to the simulator's own parser
+        from agir.simulate import main as simulate_main
+
+        return int(simulate_main(argv[1:]) or 0)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -381,10 +387,6 @@ def main(argv: list[str] | None = None) -> int:
             return print_status(args.config, args.override, project=args.project)
         if args.command == "overrides":
             return show_overrides(args)
-        if args.command == "simulate":
-            from agir.simulate import main as simulate_main
-
-            return int(simulate_main(list(args.sim_args)) or 0)
         return run_stage(args)
     except AgirError as exc:
         print(f"agir: error: {exc}", file=sys.stderr)

@@ -7,15 +7,15 @@ a stage that is not part of the round gets a small picture saying so.
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agir.figures import pyplot, save_png
 from agir.logs import get_logger
-from agir.runs import project_dir, read_json_or, write_bytes, write_json
+from agir.runs import project_dir, read_json_or, write_json
 
 log = get_logger("report")
 
@@ -30,20 +30,8 @@ REPORT_PICTURES: dict[str, tuple[str, ...]] = {
 REPORT_FILES: tuple[str, ...] = ("summary.json",) + tuple(f for files in REPORT_PICTURES.values() for f in files)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _plt().close(fig)
-    write_bytes(path, buf.getvalue())
+_plt = pyplot
+_save = save_png
 
 
 def _barh(ax, counts: Mapping[str, float], title: str, fmt: str = "{:g}") -> None:

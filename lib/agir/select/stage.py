@@ -17,7 +17,6 @@ statistics, metadata, eligibility, score and pick rank), `select/metrics.json`,
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
@@ -31,9 +30,10 @@ import pandas as pd
 
 from agir import records as recs
 from agir.errors import AgirError
+from agir.figures import pyplot, save_png
 from agir.logs import get_logger
 from agir.names import file_stem
-from agir.runs import atomic_write, read_json, read_json_or, read_jsonl, write_bytes, write_json
+from agir.runs import atomic_write, read_json, read_json_or, read_jsonl, write_json
 from agir.select.strategies import (
     DEFAULT_SCORE,
     DEFAULT_STRATIFY_BY,
@@ -345,20 +345,8 @@ def _classes_for(run: Path, src: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ pictures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _plt().close(fig)
-    write_bytes(path, buf.getvalue())
+_plt = pyplot
+_save = save_png
 
 
 def plot_score_distribution(path: Path, eligible: pd.DataFrame, label: str, strategy: str) -> None:

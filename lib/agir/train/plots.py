@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,15 +12,13 @@ matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from agir.figures import save_png  # noqa: E402
 from agir.masks import overlay  # noqa: E402
-from agir.runs import write_bytes  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=110)
+    return Path(path)
 
 
 def _series(rows: Sequence[Mapping], key: str) -> tuple[list[float], list[float]]:

@@ -23,7 +23,7 @@ from agir.records import (
     mask_path,
     record_id,
 )
-from agir.runs import read_json, read_jsonl, write_bytes, write_json
+from agir.runs import read_json, read_json_or, read_jsonl, write_bytes, write_json
 
 log = get_logger("evaluate")
 
@@ -54,15 +54,21 @@ def truth_name_map(records: Sequence[Mapping], cfg: Mapping) -> dict[int, str]:
     return out
 
 
-def training_split_of_images(cfg: Mapping) -> dict[str, str]:
-    """image_id -> split of the dataset the configured model was trained on (empty for the baseline).
+def training_split_of_images(cfg: Mapping, run: Path | None = None) -> dict[str, str]:
+    """image_id -> split of the dataset the pre-labelling model was trained on (empty for the baseline).
 
     A model's checkpoint sits in `{round}/model/best.pth`; that round's `dataset/metrics.json` says
     which split each source image went to, so pre-label quality can be reported on images the model
-    never trained on.
+    never trained on. The checkpoint is the one inference recorded in `infer/metrics.json` (what
+    `ckpt_path: previous` / `auto` resolved to), else the configured path.
     """
-    ckpt = ((cfg.get("seg_inference") or {}).get("model") or {}).get("ckpt_path")
+    used = (read_json_or(Path(run) / "infer" / "metrics.json", {}) or {}) if run is not None else {}
+    if run is not None and used.get("backend") not in (None, "model"):
+        return {}
+    ckpt = (used.get("model") or {}).get("path") if isinstance(used.get("model"), Mapping) else None
     if not ckpt:
+        ckpt = ((cfg.get("seg_inference") or {}).get("model") or {}).get("ckpt_path")
+    if not ckpt or str(ckpt) in ("previous", "auto"):
         return {}
     metrics = Path(ckpt).resolve().parent.parent / "dataset" / "metrics.json"
     try:
@@ -104,7 +110,7 @@ def evaluate_run(cfg: Mapping, run: Path, gallery_size: int = 6) -> tuple[dict, 
     for r in records:
         by_image.setdefault(image_id(r, cfg), []).append(r)
     value_to_name = truth_name_map(records, cfg)
-    split_of = training_split_of_images(cfg)
+    split_of = training_split_of_images(cfg, run)
 
     n = len(names) + 1
     total = np.zeros((n, n), np.int64)

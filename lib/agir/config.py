@@ -254,12 +254,7 @@ def load_config(
     path = Path(config_file) if config_file else default_config_path()
     if not path.exists():
         raise ConfigError(f"config file {path} not found; pass --config FILE or run from the workflow folder")
-    try:
-        cfg = read_yaml(path) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: {yaml_error_text(exc)}; fix the YAML there") from exc
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of sections (project:, io:, ...), got {type(cfg).__name__}")
+    cfg = read_yaml_mapping(path, f"config file {path}", "fix the YAML there")
     fold_aliases(cfg)
     if not isinstance(overrides, Mapping):
         overrides = dict(parse_override(o) for o in overrides)
@@ -288,16 +283,21 @@ def overrides_as_tree(overrides: Mapping[str, Any]) -> dict:
     return tree
 
 
-def _saved_tree(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
+def read_yaml_mapping(path: str | os.PathLike, what: str, todo: str) -> dict:
+    """A YAML file that must hold a mapping; a problem is one line naming the line/column and what to do."""
     try:
         tree = read_yaml(path) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {yaml_error_text(exc)}; fix it or clear it (agir-cvtoolkit overrides --clear)") from exc
-    if not isinstance(tree, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of dotted settings; fix it or clear it (agir-cvtoolkit overrides --clear)")
-    return flatten(tree)
+        raise ConfigError(f"{what}: {yaml_error_text(exc)}; {todo}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{what}: expected a mapping of settings (section: ...), got {type(tree).__name__}; {todo}")
+    return tree
+
+
+def _saved_tree(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    return flatten(read_yaml_mapping(path, str(path), "fix it or clear it (agir-cvtoolkit overrides --clear)"))
 
 
 def saved_overrides(run: str | os.PathLike) -> dict[str, Any]:

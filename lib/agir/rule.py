@@ -22,6 +22,7 @@ from typing import Any
 
 from agir.errors import AgirError
 from agir.logs import setup_logging
+from agir.processes import ancestors, is_snakemake
 from agir.runs import read_json, record_stage_config, run_dir
 
 
@@ -49,33 +50,13 @@ def run_rule(smk: Any, stage: Callable[..., Any], sections: Iterable[str] = (), 
     return result
 
 
-def _parent_chain() -> list[tuple[int, list[str]]]:
-    """(pid, command words) of this process's ancestors, nearest first (Linux /proc; empty elsewhere)."""
-    out, pid = [], os.getppid()
-    while pid > 1:
-        try:
-            words = [w.decode(errors="replace") for w in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if w]
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        out.append((pid, words))
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-    return out
-
-
-def is_snakemake(words: list[str]) -> bool:
-    """`snakemake ...` or `python -m snakemake ...` (not a shell running a script from .snakemake/scripts)."""
-    head = words[:3]
-    return any(Path(w).name == "snakemake" for w in head) or ("-m" in head and "snakemake" in head)
-
-
 def stop_with_parent(interval: float = 1.0) -> None:
     """End this job when the Snakemake that started it is gone (killed with -9: no orphan keeps writing).
 
     Snakemake runs a rule script through a shell, so the parent-death signal of the kernel would only see the
     shell; instead a daemon thread watches the nearest Snakemake ancestor.
     """
-    owner = next((pid for pid, words in _parent_chain() if is_snakemake(words)), None)
+    owner = next((pid for pid, words in ancestors(os.getppid()) if is_snakemake(words)), None)
     if owner is None:
         return
 

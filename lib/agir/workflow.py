@@ -120,42 +120,6 @@ def previous_round(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def snakemake_processes(workdir: Path, exclude: set[int]) -> list[int]:
-    """PIDs of live Snakemake main processes whose working directory is `workdir` (Linux /proc)."""
-    out = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return out
-    target = str(Path(workdir).resolve())
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) in exclude:
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-            cwd = str((entry / "cwd").resolve())
-        except OSError:
-            continue
-        words = [c.decode(errors="replace") for c in cmd if c]
-        if cwd == target and any("snakemake" in Path(w).name or w == "snakemake" for w in words[:3]) \
-                and "--mode" not in words:
-            out.append(int(entry.name))
-    return out
-
-
-def _ancestors() -> set[int]:
-    import os
-
-    pids, pid = set(), os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            pid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    return pids
-
-
 def release_stale_lock(workdir: Path) -> bool:
     """Remove Snakemake's lock files when no live Snakemake runs in `workdir` (left by a killed run).
 
@@ -165,7 +129,9 @@ def release_stale_lock(workdir: Path) -> bool:
 
     locks = Path(workdir) / ".snakemake" / "locks"
     files = [p for p in locks.glob("*.lock")] if locks.is_dir() else []
-    if not files or snakemake_processes(workdir, _ancestors()):
+    from agir.processes import ancestors, snakemake_processes
+
+    if not files or snakemake_processes(workdir, {pid for pid, _ in ancestors()}):
         return False
     for p in files:
         p.unlink(missing_ok=True)

@@ -264,12 +264,9 @@ def run_stage(args: argparse.Namespace) -> int:
 
 
 def run_targets(cfg: dict) -> list[str]:
-    from agir.workflow import stages_until
+    from agir.workflow import STAGE_TARGETS, stages_until
 
-    targets = {"query": "query/query.json", "infer": "infer/manifest.jsonl", "select": "select/selection.json",
-               "upload": "cvat/upload.json", "download": "cvat/download.json", "preprocess": "dataset/index.csv",
-               "train": "model/best.pth"}
-    return [targets[s] for s in stages_until(cfg)]
+    return [t for stage in stages_until(cfg) for t in STAGE_TARGETS[stage]]
 
 
 def run_snakemake(cmd: list[str], env: dict) -> tuple[int, list[str]]:

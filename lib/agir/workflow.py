@@ -32,6 +32,17 @@ STAGE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     "score": {"select": ("uncertain_margin", "score_max_side")},
 }
 
+# The files that say a stage of a round is built (inside the run folder); `all` and the CLI's `run` ask for these.
+STAGE_TARGETS: dict[str, list[str]] = {
+    "query": ["query/query.json"],
+    "infer": ["infer/manifest.jsonl", "infer/quality.json"],
+    "select": ["select/selection.json"],
+    "upload": ["cvat/upload.json"],
+    "download": ["cvat/download.json"],
+    "preprocess": ["dataset/index.csv"],
+    "train": ["model/best.pth"],
+}
+
 STAGE_ORDER = ("query", "infer", "select", "upload", "download", "preprocess", "train")
 
 

@@ -4,6 +4,7 @@ import os
 
 from agir.config import round_config
 from agir.workflow import (
+    STAGE_TARGETS,
     db_source_files,
     demo_db_path,
     earlier_round_files,
@@ -137,17 +138,6 @@ def preprocess_inputs(wildcards):
         "download": rp(wildcards, "cvat/download.json"),
         "earlier": earlier_round_files(cfg, "cvat/download.json"),
     }
-
-
-STAGE_TARGETS = {
-    "query": ["query/query.json"],
-    "infer": ["infer/manifest.jsonl", "infer/quality.json"],
-    "select": ["select/selection.json"],
-    "upload": ["cvat/upload.json"],
-    "download": ["cvat/download.json"],
-    "preprocess": ["dataset/index.csv"],
-    "train": ["model/best.pth"],
-}
 
 
 def stage_targets(wildcards):

@@ -242,3 +242,107 @@ def test_lightning_attributedict_hparams_are_allowed(tmp_path):
     ckpt = load_checkpoint(tmp_path / "hp.ckpt", class_names=["a", "b"])
     assert ckpt["arch"] == "Linknet" and ckpt["classes"] == ["a", "b"]
     model_from_checkpoint(ckpt)
+
+
+# --- transfer_weights (contract C2): a grown class set starts from the previous model ---------------
+
+def _src(classes, head="softmax", encoder="resnet18", in_channels=3, seed=1, path="/x/proj/round_001/model/best.pth"):
+    from agir.checkpoint import num_outputs_for
+
+    torch.manual_seed(seed)
+    model = build_model("Unet", encoder, in_channels, num_outputs_for(list(classes), head)).eval()
+    src = {"arch": "Unet", "encoder": encoder, "in_channels": in_channels, "classes": list(classes), "head": head,
+           "state_dict": model.state_dict(), "path": path}
+    return model, src
+
+
+def _fresh(classes, head="softmax", seed=2):
+    from agir.checkpoint import num_outputs_for
+
+    torch.manual_seed(seed)
+    return build_model("Unet", "resnet18", 3, num_outputs_for(list(classes), head)).eval()
+
+
+def test_transfer_widens_the_head_by_class_name():
+    from agir.checkpoint import transfer_weights
+
+    old, src = _src(["barley"])
+    model = _fresh(["cereal rye", "barley"])  # reordered: barley is now row 2
+    fresh_w = model.state_dict()["segmentation_head.0.weight"].clone()
+    line = transfer_weights(model, src, ["cereal rye", "barley"])
+    assert line == "initialised from round_001/model/best.pth: kept 1 class (barley), new head rows for 1 (cereal rye)"
+    w, ow = model.state_dict()["segmentation_head.0.weight"], old.state_dict()["segmentation_head.0.weight"]
+    assert torch.equal(w[0], ow[0]) and torch.equal(w[2], ow[1])  # background, barley copied
+    assert torch.equal(w[1], fresh_w[1])  # rye keeps its fresh init
+    assert torch.equal(model.state_dict()["encoder.conv1.weight"], old.state_dict()["encoder.conv1.weight"])
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x)[:, [0, 2]], old(x), atol=1e-5)
+
+
+def test_transfer_same_classes_is_an_exact_copy_and_drops_are_named():
+    from agir.checkpoint import transfer_weights
+
+    old, src = _src(["a", "b"])
+    model = _fresh(["b", "a"])
+    assert transfer_weights(model, src, ["B", "a"]).endswith("kept 2 classes (B, a), new head rows for 0")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), old(x)[:, [0, 2, 1]], atol=1e-5)
+    model = _fresh(["a", "c"])
+    assert transfer_weights(model, src, ["a", "c"]).endswith("new head rows for 1 (c); dropped 1 (b)")
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"encoder": "resnet34"}, "from scratch: round_001/model/best.pth is encoder resnet34, this model resnet18"),
+    ({"in_channels": 4}, "is in_channels 4, this model 3"),
+    ({"head": "sigmoid"}, "has a sigmoid head over 2 classes, this model a softmax head"),
+])
+def test_transfer_refuses_what_does_not_fit_and_leaves_the_model(change, expect):
+    from agir.checkpoint import transfer_weights
+
+    _, src = _src(["a", "b"])
+    src = {**src, **change}
+    model = _fresh(["a", "b", "c"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    line = transfer_weights(model, src, ["a", "b", "c"])
+    assert line.startswith("from scratch: ") and expect in line
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_transfer_refuses_foreign_shapes():
+    from agir.checkpoint import transfer_weights
+
+    _, src = _src(["a"])
+    state = dict(src["state_dict"])
+    state["decoder.blocks.0.conv1.0.weight"] = torch.zeros(1, 1, 1, 1)
+    model = _fresh(["a", "b"])
+    line = transfer_weights(model, {**src, "state_dict": state}, ["a", "b"])
+    assert line.startswith("from scratch: round_001/model/best.pth does not fit this model (")
+    assert "decoder.blocks.0.conv1.0.weight" in line
+
+
+def test_transfer_binary_sigmoid_becomes_an_equivalent_softmax():
+    from agir.checkpoint import transfer_weights
+
+    old, src = _src(["plant"], head="sigmoid")
+    model = _fresh(["plant"])
+    line = transfer_weights(model, src, ["plant"])
+    assert line == ("initialised from round_001/model/best.pth: kept 1 class (plant), new head rows for 0 "
+                    "(sigmoid head converted to softmax)")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x).softmax(1)[:, 1], old(x).sigmoid()[:, 0], atol=1e-5)
+    back = _fresh(["plant"], head="sigmoid")
+    assert "kept 1 class (plant)" in transfer_weights(back, {**src, "state_dict": model.state_dict(), "head": "softmax"},
+                                                      ["plant"], head="sigmoid")
+    with torch.no_grad():
+        assert torch.allclose(back(x), old(x), atol=1e-5)
+
+
+def test_transfer_wrong_class_count_for_the_model_is_an_error():
+    from agir.checkpoint import transfer_weights
+
+    _, src = _src(["a"])
+    with pytest.raises(AgirError, match="need 4"):
+        transfer_weights(_fresh(["a", "b"]), src, ["a", "b", "c"])

@@ -396,3 +396,133 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def _key(name: Any) -> str:
+    return str(name).strip().lower()
+
+
+def _source_name(source: Mapping[str, Any]) -> str:
+    """A short readable name: `round_001/model/best.pth` rather than the whole absolute path."""
+    if source.get("name"):
+        return str(source["name"])
+    path = source.get("path")
+    return "/".join(Path(str(path)).parts[-3:]) if path else "checkpoint"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+
+
+def _model_description(model: torch.nn.Module) -> dict[str, Any]:
+    """arch/encoder/in_channels of an smp model as far as it tells (smp names a model `<prefix>-<encoder>`)."""
+    out: dict[str, Any] = {"arch": type(model).__name__}
+    smp_name = getattr(model, "name", None)
+    if isinstance(smp_name, str) and "-" in smp_name:
+        out["encoder"] = smp_name.split("-", 1)[1]
+    in_ch = getattr(getattr(model, "encoder", None), "_in_channels", None)
+    if in_ch is not None:
+        out["in_channels"] = int(in_ch)
+    return out
+
+
+def _architecture_mismatch(model: torch.nn.Module, source: Mapping[str, Any]) -> str | None:
+    ours = _model_description(model)
+    for key in ("arch", "encoder", "in_channels"):
+        theirs = source.get(key)
+        if key in ours and theirs is not None and _key(theirs) != _key(ours[key]):
+            return f"is {key} {theirs}, this model {ours[key]}"
+    return None
+
+
+def _head_rows(head: str, classes: Sequence[str]) -> list[str | None]:
+    """What each output row of a head means: None = background (softmax row 0), else a class key."""
+    keys = [_key(c) for c in classes]
+    return keys if head == "sigmoid" else [None, *keys]
+
+
+def transfer_weights(
+    model: torch.nn.Module, source: Mapping[str, Any], classes: Sequence[str], head: str = "softmax"
+) -> str:
+    """Initialise `model` (built for `classes` with `head`) from a loaded checkpoint dict `source`.
+
+    Every tensor whose name and shape fit is copied; the segmentation head's output rows are matched
+    by class name (softmax row 0 = background), so old classes keep their weights whatever their new
+    index, and new classes keep the model's fresh initialisation. A binary sigmoid source (one logit z
+    for its one class) becomes the softmax rows background = 0, class = z: softmax([0, z]) = sigmoid(z),
+    so the widened model predicts exactly what the old one did; the reverse (a softmax source with one
+    class into a sigmoid model) uses z = class row - background row. Anything else that does not fit
+    (arch, encoder, in_channels, another head, other shapes) leaves `model` untouched.
+    Returns one line: "initialised from <name>: kept ..., new head rows for ..." or "from scratch: <why>".
+    """
+    name = _source_name(source)
+    classes = [str(c) for c in classes]
+    n_out = num_outputs_for(classes, head)
+    src_classes = [str(c) for c in source.get("classes") or []]
+    src_head = str(source.get("head", "softmax"))
+    why = _architecture_mismatch(model, source)
+    if why:
+        return f"from scratch: {name} {why}"
+    if src_head not in HEADS or not src_classes:
+        return f"from scratch: {name} has no usable head/classes description"
+    # a sigmoid head is always one class; converting between heads is exact only for one class
+    if head != src_head and len(src_classes) != 1 or src_head == "sigmoid" and len(src_classes) != 1:
+        return f"from scratch: {name} has a {src_head} head over {len(src_classes)} classes, this model a {head} head"
+    src_out = num_outputs_for(src_classes, src_head)
+    expected = model.state_dict()
+    outs = {int(v.shape[0]) for k, v in expected.items() if k.startswith("segmentation_head.") and v.ndim >= 1}
+    if outs and n_out not in outs:
+        raise AgirError(f"transfer_weights: the model has {sorted(outs)} outputs but {len(classes)} classes with head "
+                        f"{head!r} need {n_out}; build the model with num_outputs_for(classes, head)")
+    state = source.get("state_dict") or {}
+    head_keys = [
+        k for k, v in expected.items()
+        if k.startswith("segmentation_head.") and v.ndim >= 1 and v.shape[0] == n_out
+        and k in state and state[k].ndim == v.ndim and state[k].shape[0] == src_out
+        and tuple(state[k].shape[1:]) == tuple(v.shape[1:])
+    ]
+    if not head_keys:
+        return f"from scratch: {name} has no segmentation head with {src_out} output(s) that fits this model"
+    body = {k: v for k, v in state.items() if k not in head_keys}
+    problem = state_dict_mismatch(_Shapes({k: v for k, v in expected.items() if k not in head_keys}), body)
+    if problem:
+        return f"from scratch: {name} does not fit this model ({problem})"
+
+    new_state = {k: v.to(dtype=expected[k].dtype) for k, v in body.items()}
+    src_rows = _head_rows(src_head, src_classes)
+    dst_rows = _head_rows(head, classes)
+    kept: list[str] = []
+    fresh: list[str] = []
+    for k in head_keys:
+        old, mine = state[k].to(dtype=expected[k].dtype), expected[k].clone()
+        if src_head == head:
+            rows = {r: old[i] for i, r in enumerate(src_rows)}
+        elif src_head == "sigmoid":  # one logit z -> softmax rows (background 0, class z): same probabilities
+            rows = {None: torch.zeros_like(old[0]), src_rows[0]: old[0]}
+        else:  # softmax with one class -> one logit: class row - background row
+            rows = {src_rows[1]: old[1] - old[0]}
+        for i, r in enumerate(dst_rows):
+            if r in rows:
+                mine[i] = rows[r]
+        new_state[k] = mine
+    for c in classes:
+        (kept if _key(c) in src_rows else fresh).append(c)
+    dropped = [c for c in src_classes if _key(c) not in {_key(x) for x in classes}]
+    model.load_state_dict(new_state, strict=True)
+    line = (f"initialised from {name}: kept {_plural(len(kept), 'class')}" + (f" ({', '.join(kept)})" if kept else "")
+            + f", new head rows for {len(fresh)}" + (f" ({', '.join(fresh)})" if fresh else ""))
+    if src_head != head:
+        line += f" ({src_head} head converted to {head})"
+    if dropped:
+        line += f"; dropped {len(dropped)} ({', '.join(dropped)})"
+    return line
+
+
+class _Shapes:
+    """Just enough of a module for state_dict_mismatch: a fixed state_dict."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor]):
+        self._state = state
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]:
+        return self._state

@@ -29,6 +29,8 @@ rule upload_cvat:
         "(earlier batches of the round and their tasks are kept; see cvat/upload.json)"
     log:
         log_path("upload_cvat"),
+    benchmark:
+        bench_path("upload_cvat")
     localrule: True
     threads: 1
     resources:
@@ -49,6 +51,8 @@ rule download_cvat:
         cfg=stage_params("download"),
     log:
         log_path("download_cvat"),
+    benchmark:
+        bench_path("download_cvat")
     localrule: True
     threads: 1
     resources:

@@ -1,24 +1,23 @@
-"""What active selection buys: a simulated annotator (the database's masks) over R rounds, per strategy.
+"""What active selection buys on AgIR-like data: a simulated annotator, per strategy, over 5 seeds.
 
-Runs `agir.simulate.run_simulation` (see its docstring for the protocol) with the benchmark's choices,
-sized to fit ~60 min of an idle 2-core CPU:
+Runs `agir.simulate` (protocol: docs/active_learning.md) with the benchmark's choices, sized for
+<= 60 min on an idle 2-core CPU (two seeds in parallel, one single-threaded process each):
 
-- demo database (agir.demo, default difficulty mix) at 576 x 384 px; 40 fixed test images, a pool of
-  200 candidates; 10 random initial images, then 4 rounds of 15 (10 -> 70 annotated images);
-- the demo's small CPU model (binary, Linknet / timm-mobilenetv3_small_minimal_100, crop 224, batch 8,
-  lr 0.003), 7 epochs x 20 steps per model, retrained from scratch each round; inference in 384 px tiles;
-- strategies random, entropy, diverse, stratified, margin (least_confidence ranks exactly as the
-  margin's image mean in binary mode: for two classes 1 - max p = (1 - margin) / 2 per pixel), 2 seeds
-  run in parallel, one single-threaded process each (`--jobs 2`: on a shared 2-core CPU two torch
-  threads in one process lose far more to spinning at barriers than they gain).
+- pool `agir` (agir.demo.sequences): 60 pots x 6 days = 360 frames of 128 px; 3 common crops, 5 rare
+  weeds in 1-5 % of the frames, ~94 % background; validation 32 and test 48 frames balanced over
+  the 8 species, from other pots;
+- 10 random initial frames, then 5 rounds of 10 (10 -> 60 annotated); round 0 trains 300 steps from
+  random weights (lr 0.003), each later round fine-tunes the previous round's model 120 steps
+  (lr 0.001), the head widened for new species (agir.checkpoint.transfer_weights);
+- every strategy of the default list that agir.select.strategies registers, seeds 0-4.
 
-    .venv/bin/python benchmarks/al_bench.py --out /work/al_bench_full [--strategies ...] [--seeds 0,1] ...
+    .venv/bin/python benchmarks/al_bench.py --out outputs/al_bench          # the full benchmark
+    .venv/bin/python benchmarks/al_bench.py --quick --out outputs/al_quick  # the machinery only
+    .venv/bin/python benchmarks/al_bench.py --pool iid                      # the earlier i.i.d. pool
 
-Prints, against random measured in the same run: `label_efficiency_<strategy>` = images the strategy
-needed to reach random's final test plant IoU / images random used (interpolated; `>1` when never
-reached), `effort_per_image_<strategy>_round_<r>` (fraction of pixels the annotator changes), and the
-final IoUs with their spread. Writes results.jsonl, summary.json, table.md and al_curve.png into --out
-as results arrive.
+Prints full_pool_gain=, effort_ratio_<s>= and _ci95=, rare_iou_<s>=, paired differences to random
+and veg_random, hinted_effort_fraction= and hinted_iou_fraction=; writes results_seed*.jsonl,
+summary.json, table.md and al_curve.png into --out as results arrive.
 """
 
 from __future__ import annotations
@@ -30,10 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from agir.simulate import main as simulate_main  # noqa: E402
 
-BENCH_DEFAULTS = ["--strategies", "random,entropy,diverse,stratified,margin", "--seeds", "0,1", "--jobs", "2",
-                  "--pool", "200", "--test", "40", "--initial", "10", "--rounds", "4", "--per-round", "15",
-                  "--epochs", "7", "--steps-per-epoch", "20", "--width", "576", "--height", "384",
-                  "--out", "outputs/al_bench"]
+BENCH_DEFAULTS = ["--out", "outputs/al_bench", "--jobs", "2"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,158 @@
+"""Pot sequences for the active-learning simulator: an AgIR-like species pool with near-duplicates.
+
+SemiField photographs the same pots day after day, so a real pool is made of sequences of
+near-duplicate frames (growth, light and position change), most pixels are background, a few crops
+are common and many weeds are rare. `make_pool` paints such a pool with the demo painter's plants:
+
+- a *group* (`group_id`, one pot) holds one crop plant of 3 common crops; a few groups also hold
+  one small rare weed (5 weed species, each in `RARE_SHARE` of the groups: 1-5 % of the images);
+- the group is imaged on `days` days: plants grow, the light (brightness, colour cast, shadows)
+  and the camera position (a few px shift, a small rotation) change, the plants' shapes stay;
+- `make_balanced_set` paints held-out frames balanced over species (every species in the same
+  number of frames, one frame per fresh group), for a validation or test set.
+
+Everything is deterministic in the seed; nothing here changes the default demo database.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from agir.demo.painter import Canvas, _background, _soils, draw_plant, smooth_noise
+from agir.demo.species import BY_NAME, Species
+
+CROPS = ("soybean", "upland cotton", "barley")
+RARE = ("palmer amaranth", "horseweed", "crimson clover", "hairy vetch", "cereal rye")
+# share of the pool's groups (= of its images) holding each rare weed: 1-5 %, as the issue asks
+RARE_SHARE = (0.05, 0.04, 0.03, 0.02, 0.01)
+CLASSES = CROPS + RARE  # class index = position + 1 (0 = background)
+
+
+@dataclass
+class Frame:
+    id: str
+    group_id: str
+    day: int
+    rgb: np.ndarray  # uint8 (H, W, 3)
+    truth: np.ndarray  # uint8 class index (0 background, i = CLASSES[i - 1])
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Group:
+    gid: str
+    seed: tuple
+    crop: str
+    weed: str | None
+    pot: tuple[float, float, float]  # cx, cy, r
+    crop_r: float
+    weed_at: tuple[float, float, float]  # dx, dy (pot-relative), final radius
+    weed_from: int  # first day the weed shows
+
+
+def _plan(rng: np.random.Generator, gid: str, seed: tuple, size: int, crop: str, weed: str | None,
+          days: int) -> _Group:
+    r = size * rng.uniform(0.34, 0.42)
+    cx, cy = size / 2 + rng.normal(0, size * 0.04, 2)
+    ang = rng.uniform(0, 2 * math.pi)
+    d = r * rng.uniform(0.45, 0.7)
+    return _Group(gid, seed, crop, weed, (cx, cy, r), r * rng.uniform(0.55, 0.8),
+                  (d * math.cos(ang), d * math.sin(ang), r * rng.uniform(0.16, 0.26)),
+                  int(rng.integers(0, max(1, days // 2))))
+
+
+def _paint(g: _Group, day: int, days: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One frame of group `g` on `day`: the same pot and plants, grown, lit and framed anew."""
+    rng = np.random.default_rng([*g.seed, 1000 + day])  # what changes day to day
+    scene = np.random.default_rng([*g.seed, 1])  # what stays: fabric, soil, leaf layout
+    h = w = size
+    img = _background(scene, h, w)
+    soil, _ = _soils(scene, h, w)
+    cx, cy, r = g.pot
+    yy, xx = np.ogrid[0:h, 0:w]
+    d = np.hypot(xx - cx, yy - cy)
+    img[(d < r) & (d >= r * 0.9)] = (30, 30, 33)
+    inner = d < r * 0.9
+    img[inner] = soil[inner]
+    cv = Canvas(np.ascontiguousarray(img, dtype=np.float32), np.zeros((h, w), np.int32))
+    growth = 0.45 + 0.55 * (day + 1) / days
+    sp: list[Species] = [BY_NAME[g.crop]]
+    draw_plant(cv, np.random.default_rng([*g.seed, 2]), 1, sp[0], cx, cy, g.crop_r * growth)
+    if g.weed and day >= g.weed_from:
+        dx, dy, wr = g.weed_at
+        wg = 0.5 + 0.5 * (day - g.weed_from + 1) / (days - g.weed_from)
+        sp.append(BY_NAME[g.weed])
+        draw_plant(cv, np.random.default_rng([*g.seed, 3]), 2, sp[1], cx + dx, cy + dy, wr * wg)
+    img, inst = cv.img, cv.inst
+    # light of the day: brightness, colour cast, a soft shadow band, noise
+    cast = 1 + rng.uniform(-0.12, 0.12, 3).astype(np.float32)
+    img = img * cast * rng.uniform(0.75, 1.25)
+    if rng.random() < 0.5:
+        ang = rng.uniform(0, math.pi)
+        dist = (xx - rng.uniform(0, w)) * math.cos(ang) + (yy - rng.uniform(0, h)) * math.sin(ang)
+        band = np.clip(3 * (1 - np.abs(dist) / (rng.uniform(0.1, 0.25) * w)), 0, 1)
+        img = img * (1 - rng.uniform(0.25, 0.5) * band)[..., None]
+    img = img + smooth_noise(rng, h, w, 2)[..., None] * 5 * (inst > 0)[..., None]
+    img = img + rng.standard_normal((h, w, 1)).astype(np.float32) * 2.5
+    # the camera never lands twice on the same spot
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.normal(0, 6), 1.0)
+    m[:, 2] += rng.normal(0, size * 0.03, 2)
+    img = cv2.warpAffine(np.clip(img, 0, 255).astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT)
+    inst = cv2.warpAffine(inst.astype(np.float32), m, (w, h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_REFLECT).astype(np.int32)
+    truth = np.zeros((h, w), np.uint8)
+    for k, s in enumerate(sp, start=1):
+        truth[inst == k] = CLASSES.index(s.common_name) + 1
+    return np.clip(img, 0, 255).astype(np.uint8), truth
+
+
+def _frame(g: _Group, day: int, days: int, size: int) -> Frame:
+    rgb, truth = _paint(g, day, days, size)
+    present = [CLASSES[c - 1] for c in np.unique(truth) if c]
+    areas = {CLASSES[c - 1]: int((truth == c).sum()) for c in np.unique(truth) if c}
+    # the planting record names the pot's crop; a weed that grew in is not in it
+    meta = {"category_common_name": g.crop, "species": ",".join(sorted(present)), "cutouts": len(present),
+            "cover": round(float((truth > 0).mean()), 5), "day": day, "group_id": g.gid, "areas": areas}
+    return Frame(f"{g.gid}_d{day:02d}", g.gid, day, rgb, truth, meta)
+
+
+def make_pool(groups: int = 60, days: int = 6, size: int = 128, seed: int = 0) -> list[Frame]:
+    """`groups` pots x `days` frames; crops spread evenly, each rare weed in RARE_SHARE of the groups (>= 1)."""
+    rng = np.random.default_rng([seed, 11])
+    crops = [CROPS[i % len(CROPS)] for i in rng.permutation(groups)]
+    weeds: list[str | None] = [None] * groups
+    free = list(rng.permutation(groups))
+    for name, share in zip(RARE, RARE_SHARE):
+        for _ in range(max(1, int(round(share * groups)))):
+            if free:
+                weeds[int(free.pop())] = name
+    out = []
+    for i in range(groups):
+        g = _plan(rng, f"pot{i:03d}", (seed, 21, i), size, crops[i], weeds[i], days)
+        out += [_frame(g, d, days, size) for d in range(days)]
+    return out
+
+
+def make_balanced_set(per_species: int = 6, days: int = 6, size: int = 128, seed: int = 1,
+                      prefix: str = "test") -> list[Frame]:
+    """`per_species` frames per species (8 species), each from its own fresh group on a random day.
+
+    A crop's frames show that crop alone; a rare weed's frames show it with a random crop, grown
+    (from the middle of the sequence on), as a held-out balanced test or validation set.
+    """
+    rng = np.random.default_rng([seed, 12])
+    out = []
+    k = 0
+    for name in CLASSES:
+        for _ in range(per_species):
+            crop, weed = (name, None) if name in CROPS else (CROPS[int(rng.integers(0, 3))], name)
+            g = _plan(rng, f"{prefix}{k:03d}", (seed, 22, k), size, crop, weed, days)
+            g.weed_from = 0
+            out.append(_frame(g, int(rng.integers(days // 2, days)), days, size))
+            k += 1
+    return out

@@ -1,0 +1,206 @@
+"""The simulated loop: per seed a round-0 model and a full-pool reference, then per strategy R rounds of
+score the unlabelled pool -> select (agir.select.strategies.select_ids, by name) -> pre-label the
+picks and measure the correction effort -> add them with their true masks -> fine-tune -> evaluate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from agir.errors import AgirError
+from agir.logs import get_logger
+from agir.runs import append_jsonl, write_json
+from agir.simulate import effort as eff
+from agir.simulate import model as M
+from agir.simulate.config import SimConfig
+from agir.simulate.pool import PoolData, Sample, prepare_data
+
+log = get_logger("simulate")
+FULL = "_full_pool"  # the reference rows: the model fine-tuned on the whole pool
+# candidate-table metadata a real database knows before anyone annotates (not which weeds grew)
+META_COLUMNS = ("group_id", "day", "category_common_name", "cover", "state", "season")
+
+
+def score_table(model: M.SimModel | None, cands: Sequence[Sample]):
+    """The scores table the real loop writes: agir.select.uncertainty statistics + record metadata."""
+    import pandas as pd
+
+    from agir.select.uncertainty import flatten_uncertainty, image_uncertainty
+
+    rows = [{"id": s.id, **{k: s.meta[k] for k in META_COLUMNS if k in s.meta}} for s in cands]
+    if model is not None:
+        for row, (probs, _) in zip(rows, M.predict(model, [s.rgb for s in cands])):
+            row.update(flatten_uncertainty(image_uncertainty(probs, model.classes)))
+    return pd.DataFrame(rows)
+
+
+def select(scores, strategy: str, n: int, seed: int) -> list[str]:
+    from agir.select.strategies import select_ids
+
+    ids, _ = select_ids(scores, strategy, n, seed)
+    ids = [str(i) for i in ids]
+    if len(ids) != min(n, len(scores)) or len(set(ids)) != len(ids):
+        raise AgirError(f"simulate: strategy {strategy!r} returned {len(ids)} ids (unique {len(set(ids))}) for n={n}")
+    return ids
+
+
+def correction_stats(cfg: SimConfig, model: M.SimModel, picks: Sequence[Sample], data: PoolData) -> dict:
+    """Effort of correcting the picks' pre-labels, and what the hint-following annotator does."""
+    k = len(data.classes) + 1
+    lut = model.to_global(data.classes)
+    tot = dict.fromkeys(eff.KEYS, 0)
+    hint = dict.fromkeys(eff.KEYS, 0)
+    cm_pre, cm_hint = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
+    per_image, box_frac = [], []
+    for s, (probs, label) in zip(picks, M.predict(model, [s.rgb for s in picks])):
+        pre = lut[label]
+        e = eff.effort(pre, s.truth)
+        h = eff.hinted(pre, s.truth, probs, cfg.hint_threshold, cfg.hint_regions)
+        for key in eff.KEYS:
+            tot[key] += e[key]
+            hint[key] += h["effort"][key]
+        cm_pre += M.confusion(pre, s.truth, k)
+        cm_hint += M.confusion(h["label"], s.truth, k)
+        per_image.append(e["effort"])
+        box_frac.append(h["box_fraction"])
+
+    def miou(cm):  # over the classes present in these picks (truth or prediction)
+        return float(np.nanmean(M.class_ious(cm)[1:])) if cm[1:].sum() or cm[:, 1:].sum() else 1.0
+
+    return {**tot, "effort_per_image": per_image, "hint": hint, "pre_miou": miou(cm_pre),
+            "hint_miou": miou(cm_hint), "hint_box_fraction": float(np.mean(box_frac)) if box_frac else 0.0}
+
+
+def _eval_row(model: M.SimModel, data: PoolData) -> dict:
+    t = M.evaluate(model, data.test, data.classes, data.rare)
+    row = {"class_miou": t["class_miou"], "rare_iou": t["rare_iou"], "per_class": t["per_class"]}
+    if data.val:
+        v = M.evaluate(model, data.val, data.classes, data.rare)
+        row.update(val_class_miou=v["class_miou"], val_rare_iou=v["rare_iou"])
+    return row
+
+
+def run_strategy(cfg: SimConfig, strategy: str, seed: int, data: PoolData, round0: dict,
+                 emit: Callable[[dict], None]) -> None:
+    from agir.select.strategies import needs_model
+
+    labelled = list(round0["labelled"])
+    model = round0["model"]
+    for r in range(1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        taken = {s.id for s in labelled}
+        cands = [s for s in data.pool if s.id not in taken]
+        if needs_model(strategy):
+            if r == 1 and round0.get("scores") is None:  # the round-0 model scores alike for every strategy
+                round0["scores"] = score_table(model, cands)
+            scores = round0["scores"] if r == 1 else score_table(model, cands)
+        else:
+            scores = score_table(None, cands)
+        ids = select(scores, strategy, cfg.per_round, seed * 1000 + r)
+        by_id = {s.id: s for s in cands}
+        picks = [by_id[i] for i in ids]
+        score_s = time.perf_counter() - t0
+        corr = correction_stats(cfg, model, picks, data)
+        labelled += picks
+        classes = M.round_classes(model.classes, [s.truth for s in picks], data.classes)
+        t1 = time.perf_counter()
+        model = M.build(cfg, classes, model.mean, model.std, previous=model)
+        M.train(cfg, model, [s.rgb for s in labelled], [s.truth for s in labelled], data.classes, cfg.ft_steps,
+                cfg.ft_lr, seed * 1000 + r)
+        train_s = time.perf_counter() - t1
+        emit({"seed": seed, "strategy": strategy, "round": r, "annotated": len(labelled), **_eval_row(model, data),
+              **corr, "selected": ids, "groups_picked": len({s.meta.get("group_id") for s in picks}),
+              "picked_species": sorted({c for s in picks for c in s.meta.get("species", "").split(",") if c}),
+              "classes": classes, "transfer": model.note, "score_s": round(score_s, 1),
+              "train_s": round(train_s, 1)})
+
+
+def run_seed(cfg: SimConfig, seed: int, out: Path, data: PoolData, say: Callable[[str], None]) -> None:
+    path = out / f"results_seed{seed}.jsonl"
+
+    def emit(row: dict) -> None:
+        append_jsonl(path, row)
+        extra = f" rare {row['rare_iou']:.3f}" if row.get("rare_iou") is not None else ""
+        say(f"seed {seed} {row['strategy']} round {row['round']}: {row['annotated']} images, class mIoU "
+            f"{row['class_miou']:.3f}{extra}" + (f", effort {row['effort']}" if row.get("effort") else ""))
+
+    rng = np.random.default_rng([seed, 3])
+    initial = [data.pool[i] for i in sorted(rng.choice(len(data.pool), cfg.initial, replace=False))]
+    mean, std = M.norm_stats([s.rgb for s in initial])
+    t0 = time.perf_counter()
+    m0 = M.build(cfg, M.round_classes([], [s.truth for s in initial], data.classes), mean, std)
+    M.train(cfg, m0, [s.rgb for s in initial], [s.truth for s in initial], data.classes, cfg.init_steps, cfg.lr, seed)
+    base = {"seed": seed, "round": 0, "annotated": len(initial), **_eval_row(m0, data), "classes": m0.classes,
+            "train_s": round(time.perf_counter() - t0, 1)}
+    # the reference: the round-0 model fine-tuned on the whole pool with the compute of the last round's
+    # model (rounds x ft_steps); the learning curve has to be able to rise this far (full_pool_gain)
+    t1 = time.perf_counter()
+    full_classes = M.round_classes(m0.classes, [s.truth for s in data.pool], data.classes)
+    mf = M.build(cfg, full_classes, mean, std, previous=m0)
+    M.train(cfg, mf, [s.rgb for s in data.pool], [s.truth for s in data.pool], data.classes,
+            cfg.ft_steps * max(1, cfg.rounds), cfg.ft_lr, seed * 1000 + 999)
+    emit({"seed": seed, "strategy": FULL, "round": cfg.rounds, "annotated": len(data.pool), **_eval_row(mf, data),
+          "classes": full_classes, "train_s": round(time.perf_counter() - t1, 1)})
+    round0 = {"labelled": initial, "model": m0}
+    for strategy in cfg.strategies:
+        emit({"strategy": strategy, **base})
+        run_strategy(cfg, strategy, seed, data, round0, emit)
+
+
+def _say(progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    return progress or (lambda m: log.info("%s", m))
+
+
+def _seed_worker(cfg: SimConfig, out: str, seed: int) -> None:
+    """A process per seed (spawned): single-threaded torch, data regenerated (deterministic)."""
+    import torch
+
+    torch.set_num_threads(int(cfg.threads))
+    run_seed(cfg, seed, Path(out), prepare_data(cfg, Path(out)), lambda m: print(m, flush=True))
+
+
+def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], None] | None = None) -> dict:
+    """Run the whole simulation into `out`; returns the summary (also `out/summary.json`)."""
+    from agir.simulate.report import collect
+
+    cfg = cfg.resolved()
+    cfg.check()  # before the slow work: a bad setting fails at once
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = _say(progress)
+    started = time.perf_counter()
+    for old in out.glob("results_seed*.jsonl"):
+        old.unlink()
+    data = prepare_data(cfg, out)
+    write_json(out / "data_info.json", data.info)
+    write_json(out / "config.json", cfg.as_dict())
+    say(f"data: {cfg.pool} pool of {len(data.pool)} images, val {len(data.val)}, test {len(data.test)} "
+        f"({data.info['generate_seconds']} s to generate); strategies {', '.join(cfg.strategies)}")
+    jobs = min(int(cfg.jobs), len(cfg.seeds))
+    if jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        child = dataclasses.replace(cfg, data_dir=data.info.get("data_dir"))
+        del data
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            futures = [ex.submit(_seed_worker, child, str(out), seed) for seed in cfg.seeds]
+            for f in futures:
+                f.result()
+                collect(out, cfg)  # partial results stay readable while the rest runs
+    else:
+        torch.set_num_threads(int(cfg.threads))
+        for seed in cfg.seeds:
+            run_seed(cfg, seed, out, data, say)
+            collect(out, cfg)
+    summary = collect(out, cfg)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(out / "summary.json", summary)
+    return summary

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from cvat_server.synth import make_infer_outputs
 
+import agir.cvat.tasks as tasks_mod
 import agir.cvat.upload as upload_mod
 from agir.cvat.upload import run_upload_stage
 from agir.errors import AgirError
@@ -68,16 +69,16 @@ def test_crash_during_image_upload_is_replaced(cvat_env, cfg_factory, monkeypatc
     cfg, run = cfg_factory()
     make_infer_outputs(run, n=4)
 
-    class Broken(upload_mod.DataUploader):
+    class Broken(tasks_mod.DataUploader):
         def upload_files(self, *a, **k):
             raise KeyboardInterrupt("killed during the image upload")
 
-    real = upload_mod.DataUploader
-    monkeypatch.setattr(upload_mod, "DataUploader", Broken)
+    real = tasks_mod.DataUploader
+    monkeypatch.setattr(tasks_mod, "DataUploader", Broken)  # the image upload lives in agir.cvat.tasks
     with pytest.raises(KeyboardInterrupt):
         run_upload_stage(cfg, run)
     assert [t["frames"] for t in cvat_env.tasks.values()] == [[]]
-    monkeypatch.setattr(upload_mod, "DataUploader", real)
+    monkeypatch.setattr(tasks_mod, "DataUploader", real)
     again = run_upload_stage(cfg, run)
     assert again["tasks_created"] == 1 and len(cvat_env.tasks) == 1
     assert len(next(iter(cvat_env.tasks.values()))["frames"]) == 4

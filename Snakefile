@@ -40,6 +40,7 @@ if workflow.is_main_process:
 report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/classes.smk"
 include: "workflow/rules/query.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/select.smk"

@@ -13,5 +13,7 @@ run_rule(
     shard_index=None if shard is None else int(shard),
     shard_count=int(snakemake.params.get("shard_count", 1)),
     force=os.environ.get("AGIR_FORCE") == "1",
+    # the round's class set (absent in rounds built before class sets: the checkpoint's or the records' list)
+    classes=snakemake.input.classes if "classes" in snakemake.input.keys() else None,
     **selected_ids(snakemake),
 )

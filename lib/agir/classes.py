@@ -7,15 +7,24 @@ In species mode a round's classes are the ordered union of
   4. the species of the round's query records (sorted), unless `classes.names` restricts the set.
 Old classes keep their indices; new ones are appended. In binary mode the set is `["plant"]`.
 
+A round's set only grows: a new query in the same run folder (several batches in one round, the old tool's
+Example 3) adds its species to the round's earlier set (`previous`) instead of replacing it. When no species
+is known at all (photos from `seg_inference.source.images` and no species model) the set is `["plant"]`.
+
 The file:
   {"mode": "species", "classes": [{"index": 1, "name": "barley", "color": "#d66edd"}, ...],
    "new": ["cereal rye"],             # names no earlier round had (every name in a project's first round)
    "earlier": ["barley"],             # the earlier rounds' union, in index order
+   "previous": ["barley"],            # this round's own set before this build (earlier batches of the round)
    "from_checkpoint": ["barley"],     # the pre-labelling checkpoint's classes ([] without one)
    "from_records": ["cereal rye"],    # the query records' species
    "checkpoint": "…/best.pth" | null}
 `classes` has the same entries as every mask folder's `classes.json` (masks.py), so `class_list(doc)` can be
 written next to masks as it is.
+
+The rule `round_classes` (workflow/rules/classes.smk) builds it with `build_round_classes`; consumers declare
+it as input `classes` except in rounds built before class sets existed (`built_before_class_sets`), which
+keep working as they were instead of rebuilding.
 """
 
 from __future__ import annotations
@@ -49,10 +58,12 @@ def round_class_set(
     record_species: Iterable[str] = (),
     colors: Mapping[str, str] | None = None,
     checkpoint: str | None = None,
+    previous: Sequence[Mapping] = (),
 ) -> dict:
     """The class-set document of a round (see the module docstring).
 
     `earlier`: the `classes` lists of earlier rounds (oldest first); their colours are kept too.
+    `previous`: this round's own `classes` list from an earlier build (kept, in its order, after `earlier`).
     `colors`: database colours by species name, for names without an earlier colour.
     """
     ccfg = cfg.get("classes") or {}
@@ -64,27 +75,37 @@ def round_class_set(
             "classes": make_classes(names),
             "new": [] if earlier else names,
             "earlier": [BINARY_CLASS] if earlier else [],
+            "previous": [BINARY_CLASS] if previous else [],
             "from_checkpoint": _names(checkpoint_classes or []),
             "from_records": [],
             "checkpoint": checkpoint,
         }
     known_colors: dict[str, str] = {}
-    earlier_names: list[str] = []
-    for classes in earlier:
-        for c in sorted(classes, key=lambda c: int(c["index"])):
-            name = str(c["name"]).strip().lower()
-            if name not in earlier_names:
-                earlier_names.append(name)
-            if c.get("color"):
-                known_colors.setdefault(name, str(c["color"]))
+
+    def ordered(lists: Iterable[Sequence[Mapping]]) -> list[str]:
+        out: list[str] = []
+        for classes in lists:
+            for c in sorted(classes, key=lambda c: int(c["index"])):
+                name = str(c["name"]).strip().lower()
+                if name not in out:
+                    out.append(name)
+                if c.get("color"):
+                    known_colors.setdefault(name, str(c["color"]))
+        return out
+
+    earlier_names = ordered(earlier)
+    previous_names = ordered([previous] if previous else [])
     ckpt_names = [n for n in _names(checkpoint_classes or []) if n != BINARY_CLASS or mode == "binary"]
     rec_names = sorted(set(_names(record_species)))
     explicit = _names(ccfg.get("names") or [])
     names = list(earlier_names)
-    for group in (explicit, ckpt_names, [] if explicit else rec_names):
+    for group in (previous_names, explicit, ckpt_names, [] if explicit else rec_names):
         for n in group:
             if n not in names:
                 names.append(n)
+    if not names:
+        # no species known anywhere (photos without records, a binary or no model): plants are just plants
+        names = [BINARY_CLASS]
     if len(names) > 254:
         raise AgirError(f"{len(names)} classes: a mask holds at most 254 (indices 1..254); narrow the query or set classes.names")
     palette = {**{k: v for k, v in (colors or {}).items()}, **known_colors}
@@ -93,6 +114,7 @@ def round_class_set(
         "classes": make_classes(names, {n: palette.get(n) or color_for_name(n) for n in names}),
         "new": [n for n in names if n not in earlier_names],
         "earlier": earlier_names,
+        "previous": previous_names,
         "from_checkpoint": ckpt_names,
         "from_records": rec_names,
         "checkpoint": checkpoint,
@@ -129,3 +151,147 @@ def class_list(doc: Mapping[str, Any]) -> list[dict]:
 
 def class_names(doc: Mapping[str, Any]) -> list[str]:
     return [c["name"] for c in sorted(doc["classes"], key=lambda c: int(c["index"]))]
+
+
+# ---------------------------------------------------------------- building a round's set (rule round_classes)
+
+# The outputs of the stages that read the round's set: a round that has one of them but no classes.json was
+# built before class sets existed.
+CONSUMER_OUTPUTS = ("infer/manifest.jsonl", "cvat/upload.json", "cvat/download.json", "dataset/index.csv",
+                    "model/best.pth")
+# Where a round built before class sets keeps its classes (dataset first: what its model was trained on).
+LEGACY_CLASS_FILES = ("dataset/classes.json", "infer/masks/classes.json")
+
+
+def built_before_class_sets(run: str | os.PathLike) -> bool:
+    """True for a run folder with stage outputs but no classes.json (built before class sets existed).
+
+    Its stages do not declare the set as an input (that would rebuild the whole round, CVAT upload
+    included); they keep their own class lists. `snakemake {run}/classes.json` moves it onto a set.
+    """
+    run = Path(run)
+    if (run / ROUND_CLASSES).exists():
+        return False
+    return any((run / rel).exists() for rel in CONSUMER_OUTPUTS) or any(run.glob("infer/shards/*/manifest.jsonl"))
+
+
+def class_set_sources(round_dirs: Iterable[str | os.PathLike]) -> list[str]:
+    """Per earlier round (oldest first): its classes.json, or for a round built before class sets the
+    class lists it has (dataset/classes.json, infer/masks/classes.json). Only existing files."""
+    out: list[str] = []
+    for d in round_dirs:
+        d = Path(d)
+        if (d / ROUND_CLASSES).is_file():
+            out.append(str(d / ROUND_CLASSES))
+            continue
+        out.extend(str(d / rel) for rel in LEGACY_CLASS_FILES if (d / rel).is_file())
+    return out
+
+
+def read_class_entries(path: str | os.PathLike) -> list[dict]:
+    """The class entries of a round's classes.json or of a mask folder's classes.json (a plain list)."""
+    p = Path(path)
+    doc = read_json(p)
+    if isinstance(doc, dict):
+        return class_list(read_round_classes(p))
+    if not isinstance(doc, list) or not all(isinstance(c, Mapping) and "index" in c and "name" in c for c in doc):
+        raise AgirError(f"{p}: not a class list (expected [{{\"index\", \"name\", \"color\"}}, ...]); fix or delete it")
+    return [{"index": int(c["index"]), "name": str(c["name"]), "color": str(c.get("color") or color_for_name(str(c["name"])))}
+            for c in doc]
+
+
+def class_set_config(cfg: Mapping[str, Any]) -> dict:
+    """The settings a round's set depends on (the rule's params: a change rebuilds the set)."""
+    sc = cfg.get("seg_inference") or {}
+    return {
+        "project": {k: cfg["project"][k] for k in ("name", "subname")},
+        "io": {"out_root": cfg["io"]["out_root"]},
+        "classes": dict(cfg.get("classes") or {}),
+        "seg_inference": {"model": dict(sc.get("model") or {}),
+                          "source": {"images": (sc.get("source") or {}).get("images")}},
+    }
+
+
+def _checkpoint_path(cfg: Mapping[str, Any], ckpt: str | None, prelabeler: str | None) -> str | None:
+    """The checkpoint the round pre-labels with: the rule's input, the pre-labeler's choice, or a path in config
+    (the round's own model, which is not an input)."""
+    if ckpt:
+        return str(ckpt)
+    if prelabeler:
+        chosen = read_json(prelabeler).get("chosen")
+        return None if chosen in (None, "baseline") else str(chosen)
+    path = ((cfg.get("seg_inference") or {}).get("model") or {}).get("ckpt_path")
+    if not path or str(path) in ("previous", "auto"):
+        return None
+    return str(path)
+
+
+def checkpoint_class_names(path: str | os.PathLike, cfg: Mapping[str, Any],
+                           records: Sequence[Mapping] | None = None) -> list[str]:
+    """The classes of a checkpoint, read the way inference reads it (old-tool models described by config)."""
+    from agir.infer.backends import _load, wanted_class_names  # torch: only when a model is involved
+
+    model = ((cfg.get("seg_inference") or {}).get("model") or {})
+    return [str(n) for n in _load(Path(path), model, wanted_class_names(cfg, records))["classes"]]
+
+
+def build_round_classes(
+    cfg: Mapping[str, Any],
+    run: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    query: str | os.PathLike | None = None,
+    ckpt: str | os.PathLike | None = None,
+    prelabeler: str | os.PathLike | None = None,
+    earlier: Iterable[str | os.PathLike] = (),
+) -> dict:
+    """Write the round's class set to `out` (default `{run}/classes.json`) and return it.
+
+    `query`: the round's query.json (None for `seg_inference.source.images` rounds); `ckpt` / `prelabeler`:
+    the rule's checkpoint input; `earlier`: earlier rounds' class files (`class_set_sources`), oldest first.
+    An existing set of this round is kept and grown (same mode only).
+    """
+    from agir import records as recs
+    from agir.logs import get_logger
+
+    log = get_logger("classes")
+    run = Path(run)
+    out = Path(out) if out else run / ROUND_CLASSES
+    records = None
+    if query:
+        records = read_json(query)
+        if not isinstance(records, list):
+            raise AgirError(f"{query}: expected a JSON list of records; rerun the query stage")
+    # several files of one earlier round (legacy fallbacks) are one list of that round
+    by_round: dict[Path, list[dict]] = {}
+    for f in earlier:
+        f = Path(f)
+        key = next((a for a in f.parents if a.parent == run.parent), f)  # the sibling round the file is in
+        by_round.setdefault(key, []).extend(read_class_entries(f))
+    earlier_lists = []
+    for entries in by_round.values():  # re-index a merged round: its own order, first occurrence wins
+        seen: list[dict] = []
+        for c in entries:
+            if c["name"] not in [s["name"] for s in seen]:
+                seen.append(c)
+        earlier_lists.append([{**c, "index": i} for i, c in enumerate(seen, start=1)])
+    mode = (cfg.get("classes") or {}).get("mode", "species")
+    previous: list[dict] = []
+    if out.is_file():
+        try:
+            old = read_round_classes(out)
+            if old.get("mode", "species") == mode:
+                previous = class_list(old)
+        except (AgirError, ValueError) as exc:
+            log.warning("classes: %s is unreadable (%s); building the round's set afresh", out, exc)
+    path = _checkpoint_path(cfg, None if ckpt is None else str(ckpt), None if prelabeler is None else str(prelabeler))
+    ckpt_names = checkpoint_class_names(path, cfg, records) if path else []
+    species = [recs.class_for_record(r, cfg) for r in records] if records else []
+    colors = recs.class_colors_for(records) if records else {}
+    doc = round_class_set(cfg, earlier=earlier_lists, checkpoint_classes=ckpt_names, record_species=species,
+                          colors=colors, checkpoint=path, previous=previous)
+    write_round_classes(out, doc)
+    listing = ", ".join(f"{c['index']} {c['name']}" for c in doc["classes"])
+    log.info("classes: round %s has %d class(es) [%s]; new this round: %s", run.name, len(doc["classes"]), listing,
+             ", ".join(doc["new"]) or "none")
+    return doc

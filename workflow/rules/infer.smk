@@ -8,10 +8,15 @@ def infer_gpu(wildcards):
 
 
 def unsharded_inputs(wildcards):
-    inputs = infer_inputs(wildcards)
+    inputs = shard_inputs(wildcards)
     if len(shard_ids(rcfg(wildcards))) > 1:
         inputs["sharded"] = not_used(wildcards, "infer_seg-with-shards")
     return inputs
+
+
+def shard_inputs(wildcards):
+    """Records, checkpoint, selection, and the round's class set (every shard labels with the same classes)."""
+    return {**infer_inputs(wildcards), **classes_input(wildcards)}
 
 
 def gathered_inputs(wildcards):
@@ -46,7 +51,7 @@ rule infer_seg:
 
 rule infer_seg_shard:
     input:
-        unpack(infer_inputs),
+        unpack(shard_inputs),
     output:
         manifest=run_path("infer/shards/{shard}/manifest.jsonl"),
     params:

@@ -3,7 +3,8 @@
 
 rule preprocess_dataset:
     input:
-        unpack(preprocess_inputs),
+        # the round's class set: dataset/classes.json keeps its order and indices
+        unpack(lambda wc: {**preprocess_inputs(wc), **classes_input(wc)}),
     output:
         index=run_path("dataset/index.csv"),
     params:

@@ -9,6 +9,12 @@ Rejected sources are listed in `metrics.json` with a reason; the rest finish. Ev
 source is journalled in `dataset/.journal.jsonl` under a fingerprint of its files and the
 settings, so a rerun (or a resume after a crash) only redoes what changed, and a rerun with
 nothing changed returns at once. `index.csv` is written last: it is the rule's declared output.
+
+Classes: with the round's class set (`classes`, `{run}/classes.json`) `dataset/classes.json` is that set in
+its order with its indices, and every source mask is remapped into it by name; a species found in the
+annotations but missing from the set is appended (WARNING naming it), never dropped or relabelled. With an
+explicit `classes.names` (the user restricted the classes) such names become ignore (255) as before.
+Without a set (rounds built before class sets) the classes are the found names under classes.mode/names.
 """
 
 from __future__ import annotations
@@ -25,8 +31,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agir.classes import class_list, read_round_classes
 from agir.data.geometry import Geometry, cut, geometry_from_config
-from agir.data.remap import dataset_class_names, dataset_classes, norm_name, remap_mask, target_index_by_name
+from agir.data.remap import (
+    dataset_class_names,
+    dataset_classes,
+    names_with_round_set,
+    norm_name,
+    remap_mask,
+    target_index_by_name,
+)
 from agir.data.sources import (
     DB_ROUND,
     LabelledSample,
@@ -249,6 +263,12 @@ def _remove_stale(out: Path, keep: set[str]) -> int:
     return removed
 
 
+def _round_entries(classes: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
+    if isinstance(classes, (str, os.PathLike)):
+        return class_list(read_round_classes(classes))
+    return [dict(c) for c in classes]
+
+
 def gather_samples(cfg: Mapping, run: Path) -> tuple[list[LabelledSample], list[dict], list[dict], list[str]]:
     source = (cfg.get("preprocess") or {}).get("label_source", "db_masks")
     if source == "db_masks":
@@ -259,10 +279,12 @@ def gather_samples(cfg: Mapping, run: Path) -> tuple[list[LabelledSample], list[
     raise ConfigError(f"preprocess.label_source={source!r}: use db_masks or cvat")
 
 
-def run_preprocess_stage(cfg: Mapping, run: str | os.PathLike, workers: int | None = None, force: bool | None = None) -> dict:
+def run_preprocess_stage(cfg: Mapping, run: str | os.PathLike, workers: int | None = None, force: bool | None = None,
+                         classes: str | os.PathLike | Sequence[Mapping] | None = None) -> dict:
     """Build `run/dataset/`; returns the metrics written to `dataset/metrics.json`.
 
-    workers: processes (default preprocess.workers); force: rebuild every source even if journalled.
+    workers: processes (default preprocess.workers); force: rebuild every source even if journalled;
+    classes: the round's class set (path to `{run}/classes.json` or its entries), see the module docstring.
     """
     started = time.time()
     run = Path(run)
@@ -289,8 +311,16 @@ def run_preprocess_stage(cfg: Mapping, run: str | os.PathLike, workers: int | No
         for c in s.classes:
             colors.setdefault(norm_name(c["name"]), c.get("color"))
     found = sorted(colors)
-    names = dataset_class_names(found, cfg)
-    classes = dataset_classes(names, {n: c for n, c in colors.items() if c})
+    appended: list[str] = []
+    if classes is None:
+        names = dataset_class_names(found, cfg)
+        classes = dataset_classes(names, {n: c for n, c in colors.items() if c})
+    else:
+        classes, appended = names_with_round_set(_round_entries(classes), found, colors, cfg)
+        for name in appended:
+            log.warning("class %r is in the annotations but not in the round's class set; appended as index %d "
+                        "(rebuild classes.json so every stage knows it)", name,
+                        next(int(c["index"]) for c in classes if c["name"] == name))
     dst = target_index_by_name(classes, found, mode)
     settings = {
         "version": FORMAT_VERSION,
@@ -457,6 +487,7 @@ def run_preprocess_stage(cfg: Mapping, run: str | os.PathLike, workers: int | No
         "label_source": settings["label_source"],
         "rounds": rounds,
         "classes": [c["name"] for c in classes],
+        "classes_appended": appended,
         "geometry": geom.describe(),
         "settings": settings,
         "counts": {

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from agir.masks import BACKGROUND, BINARY_CLASS, IGNORE, make_classes, remap_lut
+from agir.errors import AgirError
+from agir.masks import BACKGROUND, BINARY_CLASS, IGNORE, color_for_name, make_classes, remap_lut
 from agir.records import class_names_for
 
 
@@ -28,6 +29,31 @@ def dataset_class_names(found_names: Iterable[str], cfg: Mapping) -> list[str]:
 def dataset_classes(names: Sequence[str], colors: Mapping[str, str]) -> list[dict]:
     colors = {norm_name(k): v for k, v in colors.items()}
     return make_classes(names, colors)
+
+
+def names_with_round_set(round_set: Sequence[Mapping], found_names: Iterable[str], colors: Mapping[str, str | None],
+                         cfg: Mapping) -> tuple[list[dict], list[str]]:
+    """(dataset classes, appended names): the round's class set in its order and indices, plus every found
+    name it lacks appended (sorted), unless classes.names restricts the set (then those become ignore).
+
+    Binary mode: the set as it is (every name maps to `plant`).
+    """
+    classes = [{"index": int(c["index"]), "name": norm_name(c["name"]), "color": c.get("color")} for c in round_set]
+    classes.sort(key=lambda c: c["index"])
+    ccfg = cfg.get("classes") or {}
+    if ccfg.get("mode", "species") == "binary" or ccfg.get("names"):
+        appended: list[str] = []
+    else:
+        have = {c["name"] for c in classes}
+        appended = sorted({norm_name(n) for n in found_names} - have)
+    top = max((c["index"] for c in classes), default=0)
+    if top + len(appended) > 254:
+        raise AgirError(f"{top + len(appended)} classes: a mask holds at most 254; set classes.names to narrow them")
+    extra = dataset_classes(appended, {norm_name(k): v for k, v in colors.items() if v})
+    classes += [{**c, "index": top + i} for i, c in enumerate(extra, start=1)]
+    for c in classes:
+        c["color"] = c["color"] or colors.get(c["name"]) or color_for_name(c["name"])
+    return classes, appended
 
 
 def target_index_by_name(classes: Sequence[Mapping], source_names: Iterable[str], mode: str) -> dict[str, int]:

@@ -4,6 +4,11 @@ A backend's `predict(rgb, boxes, top)` returns `(mask, info)`. The baseline labe
 inside each record's bbox with that record's class; the model labels pixels itself and also returns
 `info["uncertainty"]`, per-image statistics computed from the probabilities of the same forward pass
 (for active selection), so scoring a pool never needs a second pass.
+
+With the round's class set (`ModelBackend.use_classes`) the model's classes are mapped to the round's
+indices by name, and records of species the model does not know (a species new this round, or any
+species for a binary model) are labelled by their own species inside their box on the model's plant
+shape (`agir.infer.baseline.label_unknown_species`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from agir import records as recs
-from agir.infer.baseline import paint_boxes, plant_mask
-from agir.masks import BINARY_CLASS
+from agir.infer.baseline import label_unknown_species, paint_boxes, plant_mask
+from agir.masks import BACKGROUND, BINARY_CLASS, IGNORE
 
 
 class Backend:
@@ -111,6 +116,32 @@ class ModelBackend(Backend):
         )
         # no global torch.set_grad_enabled(False): the predictor runs under inference_mode, and a
         # process-wide switch would leak into whatever runs next (training, tests)
+        self._lut: np.ndarray | None = None  # model index -> round index (None: the model's own indices)
+        self._known: frozenset[int] = frozenset()
+
+    def use_classes(self, classes: Sequence[Mapping], binary: bool = False) -> None:
+        """Label in the round's class indices (`classes`: [{"index", "name"}]), mapping model classes by name.
+
+        Binary mode: every model class is `plant`. Species mode: a model class the round lacks becomes
+        background when it is `plant` (a binary model: the records' boxes say which species) and ignore
+        otherwise (never someone else's label).
+        """
+        index = {str(c["name"]).strip().lower(): int(c["index"]) for c in classes}
+        lut = np.full(256, IGNORE, dtype=np.uint8)
+        lut[BACKGROUND] = BACKGROUND
+        known = set()
+        for i, name in enumerate(self.classes, start=1):
+            name = str(name).strip().lower()
+            target = index.get(BINARY_CLASS) if binary else index.get(name)
+            if target is None:
+                lut[i] = BACKGROUND if name == BINARY_CLASS else IGNORE
+            else:
+                lut[i] = target
+                known.add(target)
+        self._known = frozenset(known)
+        identity = np.arange(256, dtype=np.uint8)
+        n = len(self.classes) + 1
+        self._lut = None if np.array_equal(lut[:n], identity[:n]) else lut
 
     def fingerprint_info(self) -> dict:
         return {"backend": self.name, "model": self.ckpt_info["fingerprint"], **self.settings}
@@ -120,8 +151,15 @@ class ModelBackend(Backend):
 
         kw = {} if self.uncertain_margin is None else {"uncertain_margin": float(self.uncertain_margin)}
         stats = UncertaintyAccumulator(self.classes, **kw)
-        mask, info = self.predictor.predict(rgb, stats=stats)
-        return mask, {"tiles": info["tiles"], "uncertainty": stats.result()}
+        # records of species the model does not know: their boxes are labelled on the model's plant shape
+        unknown = any(cls not in self._known for _, cls in [*boxes, *([top] if top is not None else [])])
+        mask, info = self.predictor.predict(rgb, stats=stats, return_shape=unknown)
+        if self._lut is not None:
+            mask = self._lut[mask]
+        if unknown:
+            mask = label_unknown_species(mask, info["shape"], boxes, top, self._known)
+        # review_regions: contract C3, boxes of the most uncertain regions (coords of this rgb)
+        return mask, {"tiles": info["tiles"], "uncertainty": stats.result(), "review_regions": stats.review_regions()}
 
 
 def wanted_class_names(cfg: Mapping, records: Sequence[Mapping] | None) -> list[str] | None:

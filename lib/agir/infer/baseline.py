@@ -113,3 +113,38 @@ def paint_boxes(
         sub = plant[y0:y1, x0:x1].astype(bool)
         out[y0:y1, x0:x1][sub] = cls
     return out
+
+
+def label_unknown_species(
+    model_mask: np.ndarray,
+    shape: np.ndarray,
+    boxes: Sequence[tuple[tuple[int, int, int, int] | None, int]],
+    top: tuple[tuple[int, int, int, int] | None, int] | None,
+    known: set[int] | frozenset[int],
+) -> np.ndarray:
+    """A model's class-index mask where the records of species the model does not know get their own label.
+
+    Inside the box of a record whose class index is not in `known`, the model's plant shape (`shape`, 0/1)
+    takes that record's class and everything else becomes background: a known species' label never lands
+    on another species' plants. Inside a known species' box the model's own prediction stands. Boxes are
+    visited as in `paint_boxes` (largest first, the smaller box wins, `top` last); outside every box the
+    model's prediction stands.
+    """
+    h, w = model_mask.shape
+    out = model_mask.copy()
+
+    def area(item: tuple) -> int:
+        box = item[0]
+        return h * w + 1 if box is None else (box[2] - box[0]) * (box[3] - box[1])
+
+    ordered = sorted(boxes, key=area, reverse=True) + ([top] if top is not None else [])
+    for box, cls in ordered:
+        x0, y0, x1, y1 = (0, 0, w, h) if box is None else box
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        if cls in known:
+            out[y0:y1, x0:x1] = model_mask[y0:y1, x0:x1]
+        else:
+            out[y0:y1, x0:x1] = np.where(shape[y0:y1, x0:x1].astype(bool), np.uint8(cls), np.uint8(0))
+    return out

@@ -294,11 +294,13 @@ class TiledPredictor:
 
     # ------------------------------------------------------------------ public
     def predict(self, rgb: np.ndarray, return_probs: bool = False,
-                stats: BandStats | None = None) -> tuple[np.ndarray, dict]:
+                stats: BandStats | None = None, return_shape: bool = False) -> tuple[np.ndarray, dict]:
         """(uint8 mask of class indices, info) — with return_probs, info["probs"] is the (C, H, W) map.
 
         `stats.add(band)` is called with each finalised (C, rows, W) band of normalised probabilities
         (sigmoid head: C = 1, the foreground probability), top to bottom, once per pixel row.
+        With `return_shape`, info["shape"] is the uint8 0/1 plant shape whatever the species:
+        1 - P(background) >= threshold (softmax), the thresholded probability (sigmoid).
         """
         if rgb.ndim != 3:
             raise AgirError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
@@ -311,8 +313,9 @@ class TiledPredictor:
         # the whole frame goes to the device once (a view on CPU); the mask is assembled there too
         image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
         out = torch.empty((h, w), dtype=torch.uint8, device=self.device)
-        # argmax does not need the normaliser; probabilities (returned or for stats) do
-        need_wsum = self.head == "sigmoid" or return_probs or stats is not None
+        shape_out = torch.empty((h, w), dtype=torch.uint8, device=self.device) if return_shape else None
+        # argmax does not need the normaliser; probabilities (returned, for stats or the shape) do
+        need_wsum = self.head == "sigmoid" or return_probs or stats is not None or return_shape
         probs_out = None
         acc = wsum = None
         buf_y0 = 0
@@ -329,6 +332,12 @@ class TiledPredictor:
                 out[buf_y0:y_end] = (prob >= self.threshold).to(torch.uint8)
             else:
                 out[buf_y0:y_end] = self._argmax(a)
+            if shape_out is not None:
+                if self.head == "sigmoid":
+                    shape_out[buf_y0:y_end] = out[buf_y0:y_end]
+                else:  # plant of any species, also one the model splits over several known classes
+                    p_bg = band[0] if band is not None else a[0] / wsum[:n]
+                    shape_out[buf_y0:y_end] = (p_bg <= 1.0 - self.threshold).to(torch.uint8)
             if return_probs:
                 probs_out[:, buf_y0:y_end] = band.cpu().numpy()
             if stats is not None:
@@ -385,4 +394,6 @@ class TiledPredictor:
         }
         if return_probs:
             info["probs"] = probs_out
+        if shape_out is not None:
+            info["shape"] = shape_out.cpu().numpy() if self.device.type != "cpu" else shape_out.numpy()
         return mask, info

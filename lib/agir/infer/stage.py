@@ -19,6 +19,11 @@ the item's inputs) matches and whose files exist. They appear in the manifest as
 `"resumed": true` (keeping their stored uncertainty). `force` redoes everything.
 
 Status values: `ok` (outputs written), `failed` (reason says why; the rest of the run goes on).
+
+Classes: `classes` (the round's class set, `{run}/classes.json`, or its list) is the class list of
+`infer/masks/`; a model's classes are mapped into it by name, and records of species the model does not
+know are labelled with their own species on the model's plant shape (`agir.infer.backends`). Without it
+(rounds built before class sets) the list is the checkpoint's, or the records' species for the baseline.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agir import records as recs
+from agir.classes import class_list, read_round_classes
 from agir.errors import AgirError
 from agir.images import write_image
 from agir.infer.backends import Backend, ModelBackend, make_backend
@@ -110,6 +116,16 @@ def _class_list(cfg: Mapping, records: Sequence[Mapping] | None, backend: Backen
     return make_classes(names, {n: colors.get(n) or color_for_name(n) for n in names})
 
 
+def round_class_list(classes: str | os.PathLike | Sequence[Mapping] | None) -> list[dict] | None:
+    """The round's class entries from a classes.json path or a list; None stays None."""
+    if classes is None:
+        return None
+    if isinstance(classes, (str, os.PathLike)):
+        return class_list(read_round_classes(classes))
+    return [{"index": int(c["index"]), "name": str(c["name"]), "color": str(c.get("color") or color_for_name(str(c["name"])))}
+            for c in classes]
+
+
 def run_infer_stage(
     cfg: Mapping[str, Any],
     run: str | os.PathLike,
@@ -119,11 +135,13 @@ def run_infer_stage(
     *,
     purpose: str = "prelabel",
     only_ids: Iterable[str] | None = None,
+    classes: str | os.PathLike | Sequence[Mapping] | None = None,
 ) -> dict:
     """Segment every item of the run (or of one shard) and write infer/ outputs; returns the metrics.
 
     `purpose="score"` reduces each input to `select.score_max_side` and writes under select/pool/;
-    `only_ids` keeps only the items with one of these record/image/item ids.
+    `only_ids` keeps only the items with one of these record/image/item ids; `classes`: the round's
+    class set (path or list), see the module docstring.
     """
     started = time.perf_counter()
     run = Path(run)
@@ -152,9 +170,14 @@ def run_infer_stage(
 
     items, records = plan_items(cfg, run, only_ids)
     backend = make_backend(cfg, records)
-    classes = _class_list(cfg, records, backend)
-    # the model labels pixels itself; only the baseline paints record boxes with class indices
-    class_index = None if isinstance(backend, ModelBackend) else {c["name"]: int(c["index"]) for c in classes}
+    round_classes = round_class_list(classes)
+    classes = round_classes or _class_list(cfg, records, backend)
+    class_index = {c["name"]: int(c["index"]) for c in classes}
+    if isinstance(backend, ModelBackend):
+        if round_classes is None:
+            class_index = None  # a round without a class set: the model's own classes and indices, as before
+        else:
+            backend.use_classes(classes, binary=(cfg.get("classes") or {}).get("mode", "species") == "binary")
     settings_fp = _fingerprint({
         **backend.fingerprint_info(),
         "image_mode": mode,
@@ -286,6 +309,8 @@ def run_infer_stage(
                 base["index_threshold"] = info["threshold"]
             if info.get("uncertainty") is not None:
                 base["uncertainty"] = info["uncertainty"]
+            if info.get("review_regions") is not None:
+                base["review_regions"] = info["review_regions"]
             writes.append((it, writer.submit(write_outputs, it, fp, prep, mask, base)))
             del prep, mask
             drain(1)  # bound memory: at most one finished frame waits for the disk

@@ -28,6 +28,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "download-cvat": ("cvat/download.json", "download_cvat"),
     "preprocess": ("dataset/index.csv", "preprocess_dataset"),
     "train": ("model/best.pth", "train_model"),
+    # the round's report pictures; the command then writes {run}/report.html with `snakemake --report`
+    "report": ("report/summary.json", "report_summary"),
 }
 
 QUERY_FLAGS = {
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("preprocess", help="build the tiled, split dataset -> dataset/"))
     _common(sub.add_parser("train", help="train a segmentation model -> model/best.pth"))
     _common(sub.add_parser("run", help="run the whole configured loop (Snakemake target all)"))
+    _common(sub.add_parser("report", help="the round's Snakemake report (builds what is missing) -> report.html"))
 
     st = sub.add_parser("status", help="every project's rounds: done / stale / waiting for CVAT / failed")
     st.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
@@ -206,9 +209,12 @@ def run_stage(args: argparse.Namespace) -> int:
     import logging
 
     from agir.config import (
+        OUT_ROOT_ENV,
+        choose_out_root,
         config_file_differences,
         persist_config_file_settings,
         persist_overrides,
+        remember_out_root,
         resolve_run_config,
         saved_config_file_settings,
     )
@@ -217,7 +223,10 @@ def run_stage(args: argparse.Namespace) -> int:
     setup_logging()
     log = logging.getLogger("agir")
     overrides, replace = stage_overrides(args)
-    cfg, run, accumulated = resolve_run_config(args.config, overrides, replace_prefixes=replace)
+    # where the runs are: -o io.out_root, --config FILE's, the folder's remembered one, or the config's
+    out_root = choose_out_root(args.config, overrides, Path.cwd())
+    cfg, run, accumulated = resolve_run_config(args.config, overrides, replace_prefixes=replace,
+                                               out_root=out_root.path)
     if args.command == "download-cvat" and "preprocess.label_source" not in accumulated \
             and cfg["preprocess"]["label_source"] != "cvat":
         # people's corrections are what this round trains on from now on
@@ -231,10 +240,16 @@ def run_stage(args: argparse.Namespace) -> int:
         persist_overrides(run, accumulated)
         if args.config:
             persist_config_file_settings(run, file_settings)
+        note = remember_out_root(Path.cwd(), out_root, command=" ".join(["agir-cvtoolkit", *sys.argv[1:]]))
+        if note:
+            log.info(note)
     elif accumulated:
         log.info("dry run: the settings are not saved")
+    if out_root.why.startswith("remembered"):
+        log.info("io.out_root=%s (%s)", out_root.path, out_root.why)
 
     env = dict(os.environ)
+    env[OUT_ROOT_ENV] = out_root.path  # the Snakefile places the run folders where this command found them
     force_rule = None
     if getattr(args, "force", False):
         env["AGIR_FORCE"] = "1"
@@ -255,8 +270,13 @@ def run_stage(args: argparse.Namespace) -> int:
     cmd = snakemake_command(args, config_file, targets, force_rule)
     print("agir: " + " ".join(shlex.quote(c) for c in cmd[2:]), file=sys.stderr)
     code, tail = run_snakemake(cmd, env)
+    if code == 0 and not args.dry_run and args.command == "report":
+        # a second Snakemake: --report only reads finished outputs; the targets name the round it is about
+        cmd = snakemake_command(args, config_file, targets + [f"--report={run / 'report.html'}"])
+        print("agir: " + " ".join(shlex.quote(c) for c in cmd[2:]), file=sys.stderr)
+        code, tail = run_snakemake(cmd, env)
     if code == 0 and not args.dry_run:
-        where = run if args.command == "run" else run / STAGES[args.command][0]
+        where = {"run": run, "report": run / "report.html"}.get(args.command) or run / STAGES[args.command][0]
         print(f"agir: {args.command} done; outputs in {where}")
     elif code != 0:
         print(f"agir: error: {args.command}: {snakemake_error(tail, run)}", file=sys.stderr)
@@ -326,6 +346,7 @@ def show_overrides(args: argparse.Namespace) -> int:
     from agir.config import (
         CONFIG_FILE_SETTINGS,
         OVERRIDES_FILE,
+        choose_out_root,
         load_config,
         overrides_as_tree,
         persisted_overrides,
@@ -333,6 +354,7 @@ def show_overrides(args: argparse.Namespace) -> int:
     from agir.runs import run_dir
 
     cfg = load_config(args.config, overrides=args.override, validate=False)
+    cfg["io"]["out_root"] = choose_out_root(args.config, args.override, Path.cwd()).path
     run = run_dir(cfg)
     paths = [run / OVERRIDES_FILE, run / CONFIG_FILE_SETTINGS]
     saved = persisted_overrides(run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import os
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -12,7 +13,7 @@ from typing import Any
 import yaml
 
 from agir.errors import ConfigError
-from agir.runs import read_yaml, run_dir, write_yaml
+from agir.runs import read_yaml, run_dir, write_text, write_yaml
 
 OVERRIDES_FILE = "overrides.yaml"
 # Where `agir-cvtoolkit --config FILE` saves how FILE differs from config/config.yaml, so every entry point
@@ -352,11 +353,14 @@ def resolve_run_config(
     config_file: str | os.PathLike | None,
     overrides: Iterable[str] | Mapping[str, Any],
     replace_prefixes: Iterable[str] = (),
+    out_root: str | None = None,
 ) -> tuple[dict, Path, dict[str, Any]]:
     """The CLI's view: base config + the run's saved settings + new overrides (validated before anything is saved).
 
     `replace_prefixes`: earlier saved keys under these prefixes are dropped (a stage's new flags replace
     that stage's earlier flags). A value of null clears a saved key (back to the config's value).
+    `out_root`: the io.out_root chosen by choose_out_root (the folder's remembered one included); it locates
+    the run and is not saved in it.
     Returns (resolved config, run folder, accumulated overrides to save in overrides.yaml).
     """
     import logging
@@ -365,6 +369,9 @@ def resolve_run_config(
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
     new = {resolve_alias(k): v for k, v in items}
     base = load_config(config_file, validate=False)
+    if out_root is not None:
+        base.setdefault("io", {})["out_root"] = out_root
+        new.pop("io.out_root", None)
     first = apply_overrides(base, {k: v for k, v in new.items() if k.startswith("project.") or k == "io.out_root"})
     validate_config(first)
     run = run_dir(first)
@@ -373,7 +380,8 @@ def resolve_run_config(
     if replaced:
         log.info("earlier settings of this stage replaced: %s",
                  ", ".join(f"{k}={v!r}" for k, v in sorted(replaced.items())))
-    accumulated = {k: v for k, v in saved.items() if k not in replaced}
+    # io.out_root is where the run is, never a setting of the run (a copy saved by an older version is ignored)
+    accumulated = {k: v for k, v in saved.items() if k not in replaced and k != "io.out_root"}
     base_flat = flatten(base)
     for key, value in new.items():
         if value is None and base_flat.get(key) is None:
@@ -390,6 +398,137 @@ def resolve_run_config(
         where = "" if bad or not saved else f" (saved for this run in {run / OVERRIDES_FILE})"
         raise ConfigError(f"{exc}{where}") from exc
     return resolved, run, accumulated
+
+
+# ---------------------------------------------------------------- where outputs go (io.out_root)
+
+# A workflow folder's remembered io.out_root: `agir-cvtoolkit ... -o io.out_root=DIR` (or --config FILE with another
+# io.out_root) writes it, so later commands, plain `snakemake` and `status` in the same folder find the runs in DIR
+# without repeating it. Kept outside the run folder, which cannot be found without it.
+OUT_ROOT_POINTER = Path(".agir") / "out_root.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutRoot:
+    """The io.out_root a command uses, and why (`explicit`: typed on this command; it is then remembered)."""
+
+    path: str
+    why: str
+    explicit: bool = False
+    instead_of: str | None = None  # the configured value an explicit choice replaces
+
+
+def normalize_out_root(value: Any) -> str:
+    """One spelling per folder (`./runs/` -> `runs`, `~` expanded), so rule outputs and targets match.
+
+    A relative io.out_root is relative to the workflow folder: the directory the command runs in
+    (Snakemake's working directory, or its --directory).
+    """
+    text = os.path.expanduser(str(value).strip())
+    if not text:
+        raise ConfigError("config key io.out_root: empty; give a folder, e.g. -o io.out_root=/scratch/$USER/runs")
+    return os.path.normpath(text)
+
+
+def remembered_out_root(workdir: str | os.PathLike) -> dict[str, str] | None:
+    """The pointer `{workdir}/.agir/out_root.yaml` ({out_root, instead_of}), or None when there is none."""
+    path = Path(workdir) / OUT_ROOT_POINTER
+    if not path.exists():
+        return None
+    todo = "fix it, or delete it to use the config's io.out_root"
+    tree = read_yaml_mapping(path, str(path), todo)
+    if not tree.get("out_root") or "instead_of" not in tree:
+        raise ConfigError(f"{path}: expected out_root: and instead_of: entries; {todo}")
+    return {"out_root": str(tree["out_root"]), "instead_of": str(tree["instead_of"])}
+
+
+def effective_out_root(configured: Any, workdir: str | os.PathLike, explicit: Any = None,
+                       instead_of: Any = None) -> OutRoot:
+    """io.out_root: `explicit` (typed now) > the folder's remembered choice > the configured value.
+
+    The remembered choice applies while the configured value is still the one it replaced: edit the config's
+    io.out_root and the config wins again.
+    """
+    if explicit is not None:
+        value = normalize_out_root(explicit)
+        return OutRoot(value, "given on the command line", True,
+                       normalize_out_root(configured if instead_of is None else instead_of))
+    configured = normalize_out_root(configured)
+    pointer = remembered_out_root(workdir)
+    if pointer and normalize_out_root(pointer["instead_of"]) == configured:
+        return OutRoot(normalize_out_root(pointer["out_root"]), f"remembered in {OUT_ROOT_POINTER}")
+    return OutRoot(configured, "config")
+
+
+def remember_out_root(workdir: str | os.PathLike, root: OutRoot, command: str = "") -> str | None:
+    """Save an explicit choice as the folder's pointer (choosing the configured value again removes it).
+
+    Returns one line saying what changed, or None when nothing did.
+    """
+    if not root.explicit or root.instead_of is None:
+        return None
+    path = Path(workdir) / OUT_ROOT_POINTER
+    before = remembered_out_root(workdir) if path.exists() else None
+    if root.path == root.instead_of:
+        if before is None:
+            return None
+        path.unlink(missing_ok=True)
+        return f"io.out_root back to the config's {root.path} ({OUT_ROOT_POINTER} removed)"
+    if before == {"out_root": root.path, "instead_of": root.instead_of}:
+        return None
+    text = (
+        "# The io.out_root chosen for this workflow folder (written by agir-cvtoolkit). Used instead of the\n"
+        "# config's value `instead_of` while the config still says that; relative paths are relative to this\n"
+        "# folder. Change it with -o io.out_root=DIR; -o io.out_root=null or deleting this file forgets it.\n"
+    )
+    text += yaml.safe_dump({"out_root": root.path, "instead_of": root.instead_of, "chosen_by": command or None},
+                           sort_keys=False, width=10**9)
+    write_text(path, text)
+    return (f"io.out_root={root.path} remembered for this folder ({OUT_ROOT_POINTER}): later commands, "
+            "status and plain snakemake here use it")
+
+
+def choose_out_root(config_file: str | os.PathLike | None, overrides: Iterable[str] | Mapping[str, Any],
+                    workdir: str | os.PathLike | None = None) -> OutRoot:
+    """The io.out_root of a CLI command: -o io.out_root (null: the config's), a --config FILE whose io.out_root
+    differs from config/config.yaml's, the folder's remembered choice, or the config's value."""
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    typed = dict(items)
+    workdir = Path(workdir or Path.cwd())
+    default = (read_yaml_mapping(default_config_path(), str(default_config_path()), "fix the YAML there")
+               if default_config_path().exists() else {})
+    default_root = get_dotted(default, "io.out_root") or "outputs/runs"
+    mine = default_root
+    if config_file is not None:
+        tree = read_yaml_mapping(Path(config_file), f"config file {config_file}", "fix the YAML there") \
+            if Path(config_file).exists() else {}
+        mine = get_dotted(tree, "io.out_root") or default_root
+    if "io.out_root" in typed:
+        value = typed["io.out_root"]
+        return effective_out_root(mine, workdir, explicit=mine if value is None else value, instead_of=mine)
+    found = effective_out_root(mine, workdir)
+    if found.why == "config" and normalize_out_root(mine) != normalize_out_root(default_root):
+        # FILE's own io.out_root: remembered, so later commands without --config FILE find the runs
+        return OutRoot(normalize_out_root(mine), f"io.out_root of {config_file}", True, normalize_out_root(default_root))
+    return found
+
+
+# Set by agir-cvtoolkit for the Snakemake it starts (an environment variable: a user's own `-- --config ...`
+# would replace a --config the CLI added, and Snakemake's jobs inherit it).
+OUT_ROOT_ENV = "AGIR_RUN_OUT_ROOT"
+
+
+def workflow_out_root(config: Mapping, command_line: Mapping, workdir: str | os.PathLike,
+                      environ: Mapping[str, str] | None = None) -> OutRoot:
+    """The Snakefile's io.out_root: `--config io={out_root: ...}`, else the one agir-cvtoolkit chose, else the
+    folder's remembered choice while the config files still say what it replaced, else the config files' value."""
+    typed = get_dotted(command_line, "io.out_root")
+    if typed is not None:
+        return OutRoot(normalize_out_root(typed), "--config")
+    chosen = (os.environ if environ is None else environ).get(OUT_ROOT_ENV)
+    if chosen:
+        return OutRoot(normalize_out_root(chosen), "agir-cvtoolkit")
+    return effective_out_root(get_dotted(config, "io.out_root") or "outputs/runs", workdir)
 
 
 # ---------------------------------------------------------------- the old tool's keys

@@ -8,6 +8,7 @@ in every listed round, so a round made with other settings is not reported stale
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,8 @@ from typing import Any
 import yaml
 
 from agir.config import (
+    OUT_ROOT_ENV,
+    choose_out_root,
     default_config_path,
     list_rounds,
     load_config,
@@ -199,7 +202,8 @@ def dry_run_plan(config_file: str | Path | None, overrides: Mapping[str, Any], t
             write_yaml(extra, overrides_as_tree(overrides))
             cmd.append(str(extra))
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=DRY_RUN_TIMEOUT_S)
+            env = {**os.environ, OUT_ROOT_ENV: str(overrides["io.out_root"])} if "io.out_root" in overrides else None
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=DRY_RUN_TIMEOUT_S, env=env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return Plan(error=f"snakemake could not run: {exc}")
     if proc.returncode != 0:
@@ -311,8 +315,9 @@ def status_report(config_file: str | None, overrides: Iterable[str], project: st
     """The lines `agir-cvtoolkit status` prints (see print_status)."""
     new = dict(parse_override(o) for o in overrides)
     base = load_config(config_file, new)  # a bad override is a one-line error before any work
-    out_root = Path(base["io"]["out_root"])
     cwd = Path(cwd or Path.cwd())
+    base["io"]["out_root"] = choose_out_root(config_file, new, cwd).path  # -o, --config FILE or remembered (.agir/)
+    out_root = Path(base["io"]["out_root"])
     root = out_root if out_root.is_absolute() else cwd / out_root
     runs = list_rounds(root, project)
     configured = root / str(base["project"]["name"]) / str(base["project"]["subname"])
@@ -329,7 +334,8 @@ def status_report(config_file: str | None, overrides: Iterable[str], project: st
             rounds.append(Round(run, cfg))
         except (AgirError, OSError, ValueError, yaml.YAMLError) as exc:
             rounds.append(Round(run, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
-    plans = round_plans(config_file, new, rounds, Path(base["io"]["out_root"]), cwd)
+    plans = round_plans(config_file, {**new, "io.out_root": base["io"]["out_root"]}, rounds,
+                        Path(base["io"]["out_root"]), cwd)
 
     lines: list[str] = []
     project_of = None

@@ -181,3 +181,23 @@ def demo_db_path(config: Mapping[str, Any]) -> str | None:
     entry = config["db"].get(config["query"]["db"]) or {}
     path = str(entry.get("path", ""))
     return path if Path(path).name == DEMO_DB_NAME else None
+
+
+def report_rounds(argv: list[str], out_root: str, cwd: Path) -> list[tuple[str, str]] | None:
+    """`snakemake --report FILE [targets]`: the (project, round) pairs its targets are in, in order; [] when no
+    target is in a run folder (the report is the configured round's); None when this is not a report call."""
+    args = list(argv[1:])
+    if not any(a == "--report" or a.startswith("--report=") for a in args):
+        return None
+    root = (Path(cwd) / out_root).resolve()
+    found: list[tuple[str, str]] = []
+    for i, arg in enumerate(args):
+        if arg.startswith("-") or (i and args[i - 1] in ("--report", "--configfile", "--configfiles")):
+            continue  # options, the report file itself, a config file
+        try:
+            parts = (Path(cwd) / arg).resolve().relative_to(root).parts
+        except ValueError:
+            continue
+        if len(parts) >= 3 and (parts[0], parts[1]) not in found:
+            found.append((parts[0], parts[1]))
+    return found

@@ -1,8 +1,9 @@
 # Shared helpers: the round wildcard, each round's settings, input functions.
 import json
 import os
+import re
 
-from agir.config import round_config
+from agir.config import round_config, workflow_out_root
 from agir.workflow import (
     STAGE_TARGETS,
     db_source_files,
@@ -10,6 +11,7 @@ from agir.workflow import (
     earlier_round_files,
     gpu_count,
     previous_round,
+    report_rounds,
     selection_applies,
     shard_ids,
     stage_config,
@@ -19,11 +21,33 @@ from agir.workflow import (
 
 SCRIPTS = str(Path(workflow.basedir) / "scripts")
 ENVS = str(Path(workflow.basedir) / "workflow" / "envs")
-OUT_ROOT = str(config["io"]["out_root"]).rstrip("/")
+# io.out_root: `--config io={out_root: ...}`, the one agir-cvtoolkit chose, the folder's remembered choice
+# (.agir/out_root.yaml, written by `agir-cvtoolkit ... -o io.out_root=DIR`), or the config's. Relative paths are
+# relative to the working directory (the folder Snakemake runs in, or its --directory).
+try:
+    _OUT = workflow_out_root(config, COMMAND_LINE, Path.cwd())
+except ConfigError as exc:
+    sys.exit(f"agir: config error: {exc}")
+OUT_ROOT = _OUT.path
+config["io"]["out_root"] = OUT_ROOT
+if workflow.is_main_process and _OUT.why.startswith("remembered"):
+    print(f"agir: io.out_root={OUT_ROOT} ({_OUT.why})", file=sys.stderr)
+
+# `snakemake --report FILE [targets]` reports on the rounds its targets are in (the configured round without
+# targets): only their jobs are in the DAG, so the report's graph and pictures are that round's; another round's
+# files (`ckpt_path: previous`) are plain inputs there.
+REPORT_ROUNDS = report_rounds(sys.argv, OUT_ROOT, Path.cwd()) if workflow.is_main_process else None
+if REPORT_ROUNDS == []:
+    REPORT_ROUNDS = [(str(config["project"]["name"]), str(config["project"]["subname"]))]
+
+
+def _names_pattern(names):
+    return "|".join(re.escape(n) for n in dict.fromkeys(names)) if names else r"[A-Za-z0-9._-]+"
+
 
 wildcard_constraints:
-    project=r"[A-Za-z0-9._-]+",
-    round=r"[A-Za-z0-9._-]+",
+    project=_names_pattern([p for p, _ in REPORT_ROUNDS or []]),
+    round=_names_pattern([r for _, r in REPORT_ROUNDS or []]),
     shard=r"\d+",
 
 # Every stage output lives in a round's run folder; {project} and {round} are wildcards, so any round's

@@ -44,12 +44,16 @@ rule report_summary:
         f"{SCRIPTS}/report_summary.py"
 
 
-# `snakemake --report` before the round was built: say what to run first instead of a WorkflowError.
-if workflow.is_main_process and any(a == "--report" or a.startswith("--report=") for a in sys.argv):
-    _summary = default_path("report/summary.json")
-    _targets = [a for a in sys.argv[1:] if not a.startswith("-") and a.startswith(OUT_ROOT + "/")]
-    if not _targets and not Path(_summary).exists():
+if REPORT_ROUNDS:
+    # `snakemake --report`: the landing text (workflow/report/workflow.rst reads project.name / project.subname)
+    # names the round the report is built for, not the configured one.
+    config["project"]["name"] = " + ".join(dict.fromkeys(p for p, _ in REPORT_ROUNDS))
+    config["project"]["subname"] = " + ".join(dict.fromkeys(r for _, r in REPORT_ROUNDS))
+    # before the round was built: say what to run first instead of a WorkflowError
+    _missing = [f"{OUT_ROOT}/{p}/{r}/report/summary.json" for p, r in REPORT_ROUNDS]
+    _missing = [m for m in _missing if not Path(m).exists()]
+    if _missing:
         sys.exit(
-            f"agir: nothing to report yet: {_summary} is missing; build the round first "
-            "(snakemake --cores 2, or make demo), then rerun snakemake --report"
+            f"agir: nothing to report yet: {_missing[0]} is missing; build the round first "
+            "(agir-cvtoolkit report, snakemake --cores 2 <that file>, or make demo), then rerun snakemake --report"
         )

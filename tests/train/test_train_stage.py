@@ -155,13 +155,14 @@ def test_resume_decision(trained, tmp_path):
     run, _ = trained
     last = run / "model/last.ckpt"
     fp = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]["agir"]["fingerprint"]
-    assert _resume_path(last, fp, resume=True) == last
-    assert _resume_path(last, fp, resume=False) is None  # train.resume: false
-    assert _resume_path(last, "0" * 16, resume=True) is None  # other settings or dataset
+    path, meta = _resume_path(last, fp, resume=True)
+    assert path == last and meta["fingerprint"] == fp and meta["init"]["line"].startswith("from scratch: ")
+    assert _resume_path(last, fp, resume=False) == (None, {})  # train.resume: false
+    assert _resume_path(last, "0" * 16, resume=True) == (None, {})  # other settings, dataset or starting model
     torn = tmp_path / "last.ckpt"
     torn.write_bytes(last.read_bytes()[:1000])
-    assert _resume_path(torn, fp, resume=True) is None  # unreadable: retrain rather than crash
-    assert _resume_path(tmp_path / "absent.ckpt", fp, resume=True) is None
+    assert _resume_path(torn, fp, resume=True) == (None, {})  # unreadable: retrain rather than crash
+    assert _resume_path(tmp_path / "absent.ckpt", fp, resume=True) == (None, {})
 
 
 def test_fingerprint_ignores_hardware_and_epochs(tmp_path):

@@ -14,6 +14,12 @@ Pretrained encoders: `train.encoder_weights: imagenet` (or any smp weight name) 
 encoder weights through segmentation_models_pytorch on first use, or reads them from the
 torch/Hugging Face cache (`TORCH_HOME`, `HF_HOME`) where a cluster node has no network; the
 default `null` starts from random weights and needs nothing.
+
+Where training starts (`train.init`, agir.train.init): by default from the newest earlier round's
+`model/best.pth`, its head widened to this round's class set by `agir.checkpoint.transfer_weights`
+(old classes' rows copied by name, new classes' rows fresh), or from scratch when it does not fit.
+One INFO line says which; metrics.json and best.pth's config record it under `init`. A resumed run
+keeps the record of the run it continues (init applies only to a fresh start).
 """
 
 from __future__ import annotations
@@ -37,7 +43,14 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tqdm import tqdm
 
-from agir.checkpoint import FORMAT, VERSION, save_checkpoint
+from agir.checkpoint import (
+    FORMAT,
+    VERSION,
+    checkpoint_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+    transfer_weights,
+)
 from agir.errors import AgirError
 from agir.logs import get_logger
 from agir.runs import atomic_write, read_json_or, write_json, write_text
@@ -49,6 +62,7 @@ from agir.train.datamodule import (
     load_dataset_info,
     pad_collate,
 )
+from agir.train.init import display_name, init_choice
 from agir.train.module import MONITOR, SegModule
 from agir.train.plots import plot_curves, plot_predictions
 
@@ -67,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "arch": "Unet",
     "encoder": "resnet18",
     "encoder_weights": None,
+    "init": "previous",
     "epochs": 8,
     "batch_size": 8,
     "crop_size": 256,
@@ -184,10 +199,14 @@ def dataset_geometry(info: DatasetInfo) -> dict[str, Any]:
     return {"mode": "tile", "size": int(max(w, h)), "overlap": None}
 
 
-def training_fingerprint(tcfg: Mapping[str, Any], info: DatasetInfo) -> str:
-    """Identity of a training run for resume: the settings that shape it plus the dataset's content."""
+def training_fingerprint(tcfg: Mapping[str, Any], info: DatasetInfo, init: str | None = None) -> str:
+    """Identity of a training run for resume: the settings that shape it, the dataset's content and the
+    starting model's content (`init`: its fingerprint; None = scratch)."""
     shaping = {k: v for k, v in tcfg.items() if k not in RESUME_NEUTRAL}
-    blob = json.dumps({"train": shaping, "dataset": info.fingerprint()}, sort_keys=True, default=str)
+    ident: dict[str, Any] = {"train": shaping, "dataset": info.fingerprint()}
+    if init is not None:
+        ident["init"] = init  # left out for scratch: a run started before train.init existed still resumes
+    blob = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -205,22 +224,55 @@ def load_encoder_weights(model: torch.nn.Module, arch: str, encoder: str, weight
     model.encoder.load_state_dict(donor.encoder.state_dict())
 
 
-def _resume_path(last: Path, fingerprint: str, resume: bool) -> Path | None:
+def _resume_path(last: Path, fingerprint: str, resume: bool) -> tuple[Path | None, dict]:
+    """(last.ckpt when it continues this very training, else None; its agir metadata)."""
     if not last.exists():
-        return None
+        return None, {}
     if not resume:
         log.info("resume disabled: starting fresh, replacing %s", last)
-        return None
+        return None, {}
     try:
         meta = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]["agir"]
     except Exception as exc:  # torn or foreign file: never worth a crash, just retrain
         log.warning("%s unreadable (%s); starting fresh", last, str(exc).splitlines()[0] if str(exc) else exc)
-        return None
+        return None, {}
     if meta.get("fingerprint") != fingerprint:
-        log.warning("%s was trained with other settings or another dataset; starting fresh", last)
-        return None
+        log.warning("%s was trained with other settings, another dataset or another starting model; starting fresh",
+                    last)
+        return None, {}
     log.info("resuming from %s", last)
-    return last
+    return last, dict(meta)
+
+
+def _checked_init(choice: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The init choice with its file checked; (choice, the file's fingerprint or None for scratch)."""
+    choice = dict(choice)
+    if not choice.get("path"):
+        return choice, None
+    path = Path(choice["path"])
+    if not path.is_file():
+        raise AgirError(
+            f"train.init={choice.get('setting')}: {path} not found; set train.init to an existing best.pth, "
+            "previous (the newest earlier round's model) or null (from scratch)"
+        )
+    return choice, checkpoint_fingerprint(path)
+
+
+def initialise(module: SegModule, choice: Mapping[str, Any], classes: list[str], tcfg: Mapping[str, Any],
+               project: Path) -> str:
+    """Start `module.model` from the chosen checkpoint (head widened by class name) or from scratch; the one line."""
+    line = f"from scratch: {choice.get('why') or 'no starting model'}"
+    if choice.get("path"):
+        try:
+            source = load_checkpoint(choice["path"])
+        except AgirError as exc:
+            raise AgirError(f"train.init={choice.get('setting')}: {exc}") from exc
+        source["name"] = display_name(choice["path"], project)
+        line = transfer_weights(module.model, source, classes, head="softmax")
+    if line.startswith("from scratch") and tcfg.get("encoder_weights"):
+        load_encoder_weights(module.model, tcfg["arch"], tcfg["encoder"], str(tcfg["encoder_weights"]), 3)
+        line += f"; encoder weights {tcfg['encoder_weights']}"
+    return line
 
 
 def _trainer(tcfg: Mapping[str, Any], model_dir: Path, callbacks: list, progress: bool) -> L.Trainer:
@@ -286,12 +338,15 @@ def _summary(scores: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def run_train_stage(
-    cfg: Mapping[str, Any], run: str | Path, *, resume: bool | None = None, progress: bool = True
+    cfg: Mapping[str, Any], run: str | Path, *, resume: bool | None = None, progress: bool = True,
+    init: Mapping[str, Any] | None = None,
 ) -> dict:
     """Train on `run/dataset/`, write `run/model/` (see module docstring); returns metrics.json's content.
 
     Reads the `train` section of `cfg` only. `resume` overrides `train.resume` (False: ignore an
-    existing last.ckpt); `progress=False` hides the Lightning progress bar (tests, benchmarks).
+    existing last.ckpt); `progress=False` hides the Lightning progress bar (tests, benchmarks);
+    `init` is the starting model as `agir.train.init.init_choice` resolved it (the rule passes the
+    DAG's choice); None resolves `train.init` here against `run`'s project folder.
     """
     started = time.time()
     run = Path(run)
@@ -311,7 +366,8 @@ def run_train_stage(
 
     L.seed_everything(int(tcfg["seed"]), workers=True, verbose=False)
     geometry = dataset_geometry(info)
-    fingerprint = training_fingerprint(tcfg, info)
+    choice, init_id = _checked_init(init if init is not None else init_choice(cfg, run))
+    fingerprint = training_fingerprint(tcfg, info, init_id)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -328,15 +384,22 @@ def run_train_stage(
         "fingerprint": fingerprint,
     }
     last = model_dir / "last.ckpt"
-    ckpt_path = _resume_path(last, fingerprint, bool(tcfg["resume"]) if resume is None else resume)
+    ckpt_path, resumed_meta = _resume_path(last, fingerprint, bool(tcfg["resume"]) if resume is None else resume)
     if ckpt_path is None:
         # stale checkpoints would make ModelCheckpoint write best-v1.ckpt and confuse resume
         for stale in (last, model_dir / "best.ckpt"):
             stale.unlink(missing_ok=True)
 
     module = SegModule(meta)
-    if tcfg.get("encoder_weights") and ckpt_path is None:
-        load_encoder_weights(module.model, tcfg["arch"], tcfg["encoder"], str(tcfg["encoder_weights"]), 3)
+    if ckpt_path is None:
+        line = initialise(module, choice, info.class_names, tcfg, run.parent)
+        init_record = {"setting": choice.get("setting"), "path": choice.get("path"), "line": line}
+        log.info("train: %s", line)
+    else:  # the weights come from last.ckpt; the record is that of the run being continued
+        init_record = dict(resumed_meta.get("init") or {"setting": choice.get("setting"), "path": choice.get("path"),
+                                                        "line": "unknown (resumed)"})
+        log.info("train: resumed from %s (it started %s)", last.name, init_record.get("line"))
+    module.hparams["agir"]["init"] = init_record  # travels in last.ckpt for a later resume
     dm = SegDataModule(info, tcfg, val_split=val_split)
     best_cb = ModelCheckpoint(
         dirpath=model_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1, save_last=True,
@@ -375,6 +438,7 @@ def run_train_stage(
         "stopped_early": bool(stopper.stopped_epoch),
         "monitor": MONITOR,
         "resumed_from": str(ckpt_path) if ckpt_path else None,
+        "init": init_record,
         "val_split": val_split,
         "val": _summary(val_scores),
         "test": _summary(test_scores),
@@ -407,7 +471,7 @@ def run_train_stage(
         tile_size=geometry["size"],
         overlap=geometry["overlap"],
         metrics={"best_epoch": best_epoch, "val": metrics["val"], "test": metrics["test"]},
-        config={**tcfg, "dataset": meta["dataset"]},
+        config={**tcfg, "dataset": meta["dataset"], "init": init_record},
         head="softmax",
     )
     log.info(

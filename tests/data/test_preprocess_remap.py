@@ -72,3 +72,55 @@ def test_remap_mask_reports_unknown_values():
     dst = target_index_by_name(make_classes(["plant"]), ["barley", "maize"], "binary")
     out, _, _ = remap_mask(mask, src, dst)
     assert out.tolist() == [[0, 1, 1, 255, 255]]
+
+
+# ---------------------------------------------------------------- the round's class set (issue 16 §1)
+
+
+def test_round_set_order_and_indices_are_the_dataset_classes(kit):
+    from agir.classes import round_class_set
+    from agir.runs import write_json
+
+    cfg = _two_rounds(kit)
+    run = kit.run_of(cfg)
+    # the project's set: soybean came first (index 1), then maize, then barley
+    doc = round_class_set(cfg, earlier=[make_classes(["soybean", "maize"])], record_species=["barley"])
+    write_json(run / "classes.json", doc)
+    metrics = run_preprocess_stage(cfg, run, classes=run / "classes.json")
+    assert read_classes(run / "dataset") == doc["classes"]
+    assert metrics["classes"] == ["soybean", "maize", "barley"] and metrics["classes_appended"] == []
+    masks, _ = _masks_by_record(run)
+    assert (masks["A"][5, 5], masks["A"][25, 25]) == (3, 2)  # barley, maize
+    assert (masks["B"][5, 5], masks["B"][25, 25], masks["B"][35, 5]) == (2, 1, 3)
+
+
+def test_a_species_missing_from_the_round_set_is_appended_with_a_warning(kit, caplog):
+    cfg = _two_rounds(kit)
+    run = kit.run_of(cfg)
+    caplog.set_level("WARNING")
+    metrics = run_preprocess_stage(cfg, run, classes=make_classes(["maize"]))
+    assert metrics["classes"] == ["maize", "barley", "soybean"]
+    assert metrics["classes_appended"] == ["barley", "soybean"]
+    masks, _ = _masks_by_record(run)
+    assert (masks["B"][5, 5], masks["B"][25, 25], masks["B"][35, 5]) == (1, 3, 2)  # never ignore, never maize
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'barley' is in the annotations but not in the round's class set; appended as index 2" in warned
+    assert "'soybean'" in warned
+
+
+def test_round_set_with_explicit_names_keeps_ignoring_the_rest(kit):
+    cfg = _two_rounds(kit, **{"classes.names": ["maize", "barley"]})
+    run = kit.run_of(cfg)
+    metrics = run_preprocess_stage(cfg, run, classes=make_classes(["maize", "barley"]))
+    assert metrics["classes"] == ["maize", "barley"] and metrics["classes_appended"] == []
+    masks, _ = _masks_by_record(run)
+    assert masks["B"][25, 25] == 255
+
+
+def test_round_set_in_binary_mode(kit):
+    cfg = _two_rounds(kit, **{"classes.mode": "binary"})
+    run = kit.run_of(cfg)
+    metrics = run_preprocess_stage(cfg, run, classes=make_classes(["plant"]))
+    assert metrics["classes"] == ["plant"]
+    masks, _ = _masks_by_record(run)
+    assert masks["B"][35, 5] == 1 and masks["A"][25, 25] == 1

@@ -23,7 +23,6 @@ from agir.masks import make_classes, write_classes
 from agir.runs import write_json
 
 
-
 def tiny_checkpoint(path: Path, classes: list[str]) -> Path:
     from agir.checkpoint import build_model, save_checkpoint
 

@@ -1,23 +1,19 @@
-"""agir.simulate: the simulated-annotator benchmark (fast pieces, plus one tiny end-to-end smoke run)."""
+"""agir.simulate: the simulated-annotator benchmark (fast pieces, plus one --quick run through the CLI)."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from agir.errors import AgirError
-from agir.simulate import (
-    SimConfig,
-    build_parser,
-    changed_fraction,
-    config_from_args,
-    format_lines,
-    images_to_reach,
-    main,
-    summarize,
-)
+from agir.simulate import SimConfig, build_parser, changed_fraction, config_from_args, format_lines, images_to_reach, main
+from agir.simulate.config import available_defaults
+from agir.simulate.effort import effort, hinted_correction
+from agir.simulate.model import round_classes
+from agir.simulate.report import summarize
 
 
 def test_images_to_reach_interpolates_and_reports_never():
@@ -27,74 +23,115 @@ def test_images_to_reach_interpolates_and_reports_never():
     assert images_to_reach(xs, ys, 0.81) is None
 
 
-def test_changed_fraction_skips_ignore_pixels():
-    truth = np.array([[0, 1], [1, 255]], np.uint8)
-    pre = np.array([[0, 0], [1, 1]], np.uint8)
-    assert changed_fraction(pre, truth) == pytest.approx(1 / 3)
+def test_effort_counts_changed_relabelled_pixels_and_components():
+    truth = np.zeros((6, 6), np.uint8)
+    truth[0:2, 0:2] = 1  # a crop the pre-label calls species 2: 4 relabelled pixels, one component
+    truth[4:6, 4:6] = 3  # a weed the pre-label missed: 4 changed pixels, another component
+    truth[5, 0] = 255  # unlabelled: never counted
+    pre = np.zeros_like(truth)
+    pre[0:2, 0:2] = 2
+    pre[5, 0] = 1
+    assert effort(pre, truth) == {"changed_px": 8, "class_px": 4, "clicks": 2, "effort": 14}
+    assert changed_fraction(pre, truth) == pytest.approx(8 / 35)
 
 
-def _rows(strategy, ious, efforts):
+def test_hinted_annotator_fixes_only_inside_the_boxes():
+    truth = np.zeros((8, 8), np.uint8)
+    truth[1:3, 1:3] = 1
+    truth[6:8, 6:8] = 2
+    pre = np.zeros_like(truth)
+    fixed = hinted_correction(pre, truth, [[0, 0, 4, 4]])
+    assert (fixed[:4, :4] == truth[:4, :4]).all() and (fixed[6:, 6:] == 0).all()
+
+
+def test_round_class_set_keeps_order_and_appends_new_species():
+    names = ["soybean", "barley", "horseweed"]
+    t1 = np.array([[0, 2]], np.uint8)
+    t2 = np.array([[3, 1, 255]], np.uint8)
+    assert round_classes([], [t1], names) == ["barley"]
+    assert round_classes(["barley"], [t2], names) == ["barley", "soybean", "horseweed"]
+
+
+def test_agir_pool_has_sequences_rare_weeds_and_a_balanced_test_set():
+    from agir.demo.sequences import CLASSES, RARE, make_balanced_set, make_pool
+
+    pool = make_pool(groups=20, days=3, size=128, seed=0)
+    assert len(pool) == 60 and len({f.group_id for f in pool}) == 20
+    assert np.mean([(f.truth == 0).mean() for f in pool]) > 0.89
+    for i, name in enumerate(CLASSES, start=1):
+        share = np.mean([(f.truth == i).any() for f in pool])
+        assert (0 < share <= 0.1) if name in RARE else share > 0.25, name
+    seq = [f for f in pool if f.group_id == pool[0].group_id]
+    assert [f.day for f in seq] == [0, 1, 2] and len({f.meta["category_common_name"] for f in seq}) == 1
+    assert (seq[2].truth > 0).sum() > (seq[0].truth > 0).sum()  # the plant grows
+    test = make_balanced_set(per_species=2, days=3, size=128, seed=5)
+    counts = [sum((f.truth == i).any() for f in test) for i in range(1, len(CLASSES) + 1)]
+    assert min(counts) >= 2 and len(test) == 2 * len(CLASSES)
+
+
+def _rows(strategy, curves, efforts):
     out = []
-    for seed, curve in enumerate(ious):
+    for seed, curve in enumerate(curves):
         for r, v in enumerate(curve):
-            out.append({"seed": seed, "strategy": strategy, "round": r, "annotated": 10 + 10 * r, "plant_iou": v,
-                        "miou": v, "effort_mean": None if r == 0 else efforts[seed]})
+            out.append({"seed": seed, "strategy": strategy, "round": r, "annotated": 10 + 10 * r, "class_miou": v,
+                        "rare_iou": v / 2, "effort": None if r == 0 else efforts})
     return out
 
 
-def test_summary_efficiency_against_random():
-    cfg = SimConfig(strategies=("random", "entropy", "margin"), rounds=2, seeds=(0, 1))
-    results = (_rows("random", [[0.5, 0.6, 0.7], [0.5, 0.6, 0.7]], [0.2, 0.3])
-               + _rows("entropy", [[0.5, 0.7, 0.8], [0.5, 0.7, 0.8]], [0.3, 0.3])
-               + _rows("margin", [[0.5, 0.55, 0.6], [0.5, 0.55, 0.62]], [0.1, 0.1]))
-    s = summarize(results, cfg)
-    eff = s["label_efficiency"]
-    assert eff["random"]["ratio"] == pytest.approx(1.0)
-    assert eff["entropy"]["ratio"] == pytest.approx(20 / 30)  # reaches 0.7 at round 1
-    assert eff["margin"]["reached"] is False
+def test_summary_effort_ratio_paired_difference_and_gain():
+    cfg = SimConfig(strategies=("random", "veg_random", "entropy"), rounds=2, seeds=(0, 1, 2))
+    full = [{"seed": s, "strategy": "_full_pool", "round": 2, "annotated": 100, "class_miou": 0.8} for s in range(3)]
+    results = (full + _rows("veg_random", [[0.5, 0.6, 0.8]] * 3, 100)
+               + _rows("random", [[0.5, 0.6, 0.7]] * 3, 100)
+               + _rows("entropy", [[0.5, 0.8, 0.8], [0.5, 0.78, 0.8], [0.5, 0.79, 0.8]], 100))
+    s = summarize(results, cfg, boot=200)
+    assert s["full_pool_gain"] == pytest.approx(0.3) and s["target"] == pytest.approx(0.76)
+    assert s["baseline"] == "veg_random"
+    e = s["effort_ratio"]
+    # veg_random reaches 0.76 at 100 + 100 * 0.16 / 0.2 = 180; entropy's mean curve at 100 * 0.26 / 0.29
+    assert e["veg_random"]["ratio"] == pytest.approx(1.0)
+    assert e["entropy"]["ratio"] == pytest.approx(100 * 0.26 / (0.79 - 0.5) / 180)
+    assert math.isinf(e["random"]["ratio"])  # never reaches the target
     lines = "\n".join(format_lines(s))
-    assert "label_efficiency_entropy=0.667" in lines
-    assert "label_efficiency_margin=>1" in lines
-    assert "effort_per_image_random_round_1=0.2500 +- 0.0500" in lines
-    assert "final_plant_iou_margin=0.6100 +- 0.0100" in lines
-    assert s["paired_gain_vs_random"]["entropy"] == pytest.approx(
-        {"mean": 0.1, "sd": 0.0, "n": 4, "wins": 4})
-    assert "paired_gain_vs_random_margin=-0.0700 +- 0.0212 (" in lines and "0/4 better" in lines
+    assert "full_pool_gain=0.3000 (ok;" in lines and "effort_ratio_random=inf" in lines
+    assert "effort_ratio_entropy_ci95=" in lines and "rare_iou_entropy=0.4000" in lines
+    assert s["paired"]["random_vs_veg_random"]["mean"] == pytest.approx(-0.05)
+    assert "paired_diff_entropy_vs_random=+0.1450" in lines
 
 
 def test_bad_settings_are_one_line_errors():
     with pytest.raises(AgirError, match="unknown"):
         SimConfig(strategies=("random", "bogus")).check()
+    with pytest.raises(AgirError, match="--pool"):
+        SimConfig(pool="nope", strategies=("random",)).check()
     with pytest.raises(AgirError, match="exceeds the pool"):
-        SimConfig(pool=20, initial=10, rounds=2, per_round=10).check()
+        SimConfig(groups=2, days=5, initial=5, rounds=2, per_round=5, strategies=("random",)).check()
     with pytest.raises(AgirError, match="--seeds"):
         config_from_args(build_parser().parse_args(["--seeds", "a,b"]))
     assert main(["--strategies", "nope", "--out", "/nonexistent/never-written"]) == 2
 
 
-@pytest.mark.slow
-def test_smoke_run_tiny_pool(tmp_path, capsys):
+def test_quick_run_through_the_cli(tmp_path, capsys):
     from agir.cli import main as agir_cvtoolkit
 
     out = tmp_path / "sim"
-    # through the command people type: agir-cvtoolkit simulate ...
-    rc = agir_cvtoolkit(["simulate", "--out", str(out), "--pool", "6", "--test", "2", "--initial", "2", "--rounds", "1", "--per-round", "2",
-               "--strategies", "random,entropy", "--seeds", "0", "--width", "128", "--height", "96",
-               "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--crop-size", "64",
-               "--tile-size", "128", "--threads", "1"])
-    assert rc == 0
+    strategies = ",".join(s for s in ("random", "veg_random", "entropy") if s in available_defaults() or s == "random")
+    # through the command people type: agir-cvtoolkit simulate --quick ...
+    assert agir_cvtoolkit(["simulate", "--quick", "--out", str(out), "--strategies", strategies, "--jobs", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "label_efficiency_entropy=" in printed and "effort_per_image_entropy_round_1=" in printed
+    for key in ("full_pool_gain=", "effort_ratio_entropy=", "effort_ratio_entropy_ci95=", "rare_iou_entropy=",
+                "paired_diff_entropy_vs_random=", "hinted_effort_fraction=", "hinted_iou_fraction="):
+        assert key in printed, key
     rows = [json.loads(line) for line in (out / "results_seed0.jsonl").read_text().splitlines()]
-    assert [(r["strategy"], r["round"]) for r in rows] == [("random", 0), ("random", 1), ("entropy", 0), ("entropy", 1)]
-    # both strategies share the round-0 model; every round-1 model saw 4 images and picked 2 new ones
-    assert rows[0]["plant_iou"] == rows[2]["plant_iou"]
-    for r in rows[1::2]:
-        assert r["annotated"] == 4 and len(set(r["selected"])) == 2 and 0.0 <= r["effort_mean"] <= 1.0
-        assert 0.0 <= r["plant_iou"] <= 1.0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["label_efficiency"]["random"]["reached"] is True
-    assert (out / "al_curve.png").stat().st_size > 1000 and "| entropy | 1 | 4 |" in (out / "table.md").read_text()
-    capsys.readouterr()
+    assert rows[0]["strategy"] == "_full_pool" and rows[0]["annotated"] == 36
+    ent = [r for r in rows if r["strategy"] == "entropy"]
+    assert [r["round"] for r in ent] == [0, 1, 2] and [r["annotated"] for r in ent] == [4, 8, 12]
+    for r in ent[1:]:
+        assert r["transfer"].startswith("initialised from previous round: kept")
+        assert r["effort"] == r["changed_px"] + r["class_px"] + r["clicks"] and len(set(r["selected"])) == 4
+        assert r["classes"][: len(ent[0]["classes"])] == ent[0]["classes"]  # old classes keep their index
+    records = (out / "data" / "records.jsonl").read_text()
+    assert '"group_id": "pot000"' in records
+    assert (out / "al_curve.png").stat().st_size > 1000 and "| entropy | 2 | 12 |" in (out / "table.md").read_text()
     assert main(["--out", str(out), "--summarize-only"]) == 0  # rebuilds from the run's saved settings
-    assert "effort_per_image_entropy_round_1=" in capsys.readouterr().out
+    assert "hinted_iou_fraction=" in capsys.readouterr().out

@@ -117,7 +117,9 @@ def _frame(g: _Group, day: int, days: int, size: int) -> Frame:
     areas = {CLASSES[c - 1]: int((truth == c).sum()) for c in np.unique(truth) if c}
     # the planting record names the pot's crop; a weed that grew in is not in it
     meta = {"category_common_name": g.crop, "species": ",".join(sorted(present)), "cutouts": len(present),
-            "cover": round(float((truth > 0).mean()), 5), "day": day, "group_id": g.gid, "areas": areas}
+            "cover": round(float((truth > 0).mean()), 5),
+            # the database's plant-size column (a frame is about 40 x 40 cm): what veg_random bins by
+            "estimated_bbox_area_cm2": round(float((truth > 0).mean()) * 1600.0, 2), "day": day, "group_id": g.gid, "areas": areas}
     return Frame(f"{g.gid}_d{day:02d}", g.gid, day, rgb, truth, meta)
 
 

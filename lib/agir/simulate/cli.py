@@ -44,7 +44,8 @@ QUICK = {"groups": 12, "days": 3, "size": 64, "test_per_species": 1, "val_per_sp
          "crop_size": 64, "pool_size": 16, "test": 4, "width": 128, "height": 96}
 
 
-def config_from_args(args: argparse.Namespace) -> SimConfig:
+def config_from_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> SimConfig:
+    """The run's settings; with --quick, the QUICK sizes except options spelled out in `argv`."""
     try:
         seeds = tuple(int(s) for s in str(args.seeds).split(",") if s.strip())
     except ValueError as exc:
@@ -60,20 +61,13 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     names = {n for n, _ in _OPTIONS} | {"pool", "data_dir"}
     kw = {k: v for k, v in vars(args).items() if k in names}
     if getattr(args, "quick", False):
-        given = set(_given_options())
+        # options spelled out on the command line win over --quick's sizes
+        given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
         kw.update({k: v for k, v in QUICK.items() if k not in given and k != "seeds"})
         if "seeds" not in given:
             seeds = QUICK["seeds"]
     strategies = tuple(s.strip() for s in str(args.strategies).split(",") if s.strip())
     return SimConfig(strategies=strategies, seeds=seeds, **kw).resolved()
-
-
-_ARGV: list[str] = []
-
-
-def _given_options() -> list[str]:
-    """Options spelled out on the command line (they win over --quick's sizes)."""
-    return [a[2:].split("=")[0].replace("-", "_") for a in _ARGV if a.startswith("--")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,10 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agir.simulate.runner import run_simulation
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    _ARGV[:] = argv
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, argv)
         if args.summarize_only:
             if not read_results(Path(args.out)):
                 raise AgirError(f"{args.out}: no results_seed*.jsonl to summarise; run the simulation first")

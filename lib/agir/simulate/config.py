@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from agir.errors import AgirError
@@ -10,7 +11,8 @@ from agir.errors import AgirError
 POOLS = ("agir", "iid")
 # the baseline a strategy has to beat (issue 17: vegetation-aware random), and plain random
 BASELINE = "veg_random"
-DEFAULT_STRATEGIES = ("random", "veg_random", "entropy", "power", "class_balanced", "group_capped", "cost_aware")
+DEFAULT_STRATEGIES = ("random", "veg_random", "entropy", "power", "power_cap1", "class_balanced", "cost_aware")
+CAP = re.compile(r"^(?P<name>.+)_cap(?P<k>[0-9]+)$")
 
 
 def known_strategies() -> tuple[str, ...]:
@@ -20,9 +22,18 @@ def known_strategies() -> tuple[str, ...]:
     return tuple(st.STRATEGIES)
 
 
+def strategy_spec(name: str) -> tuple[str, dict[str, Any]]:
+    """(registered strategy, select options): `<strategy>_cap<k>` is `<strategy>` with group_cap=k
+    (at most k near-duplicates of one pot, `group_id`, per round)."""
+    m = CAP.match(name)
+    if m and m["name"] in known_strategies():
+        return m["name"], {"group_cap": int(m["k"])}
+    return name, {}
+
+
 def available_defaults() -> tuple[str, ...]:
     have = set(known_strategies())
-    return tuple(s for s in DEFAULT_STRATEGIES if s in have)
+    return tuple(s for s in DEFAULT_STRATEGIES if strategy_spec(s)[0] in have)
 
 
 @dataclasses.dataclass
@@ -71,9 +82,10 @@ class SimConfig:
         if self.pool not in POOLS:
             raise AgirError(f"simulate --pool={self.pool!r}: use one of {', '.join(POOLS)}")
         have = known_strategies()
-        unknown = [s for s in self.strategies if s not in have]
+        unknown = [s for s in self.strategies if strategy_spec(s)[0] not in have]
         if unknown:
-            raise AgirError(f"simulate --strategies: unknown {unknown}; choose from {', '.join(have)}")
+            raise AgirError(f"simulate --strategies: unknown {unknown}; choose from {', '.join(have)} "
+                            "(<strategy>_cap<k>: at most k frames of one group per round)")
         if not self.seeds:
             raise AgirError("simulate: need at least one seed")
         for name in ("groups", "days", "size", "test_per_species", "pool_size", "test", "initial", "per_round",

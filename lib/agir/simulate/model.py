@@ -69,7 +69,9 @@ def _tensor(rgbs: Sequence[np.ndarray], mean, std) -> torch.Tensor:
 
 def train(cfg, model: SimModel, rgbs: Sequence[np.ndarray], truths: Sequence[np.ndarray], all_classes,
           steps: int, lr: float, seed: int) -> float:
-    """Train `model` in place for `steps` optimiser steps on (rgbs, truths); returns the last loss."""
+    """Train `model` in place for `steps` optimiser steps on (rgbs, truths).
+
+    Returns the mean loss of the last 10 % of the steps (how far it converged)."""
     from agir.train.losses import SegLoss
 
     if steps <= 0:
@@ -90,8 +92,8 @@ def train(cfg, model: SimModel, rgbs: Sequence[np.ndarray], truths: Sequence[np.
     loss_fn = SegLoss({"ce": 1.0, "dice": 1.0}, ignore_index=IGNORE)
     n, h, w = y_all.shape
     cs = min(int(cfg.crop_size), h, w)
-    last = float("nan")
-    for _ in range(int(steps)):
+    tail: list[float] = []
+    for step in range(int(steps)):
         idx = torch.randint(0, n, (int(cfg.batch_size),), generator=gen)
         xb, yb = x_all[idx], y_all[idx]
         if cs < h or cs < w:
@@ -108,9 +110,10 @@ def train(cfg, model: SimModel, rgbs: Sequence[np.ndarray], truths: Sequence[np.
         loss.backward()
         opt.step()
         sched.step()
-        last = float(loss.detach())
+        if step >= steps - max(1, steps // 10):
+            tail.append(float(loss.detach()))
     net.eval()
-    return last
+    return float(np.mean(tail))
 
 
 @torch.no_grad()

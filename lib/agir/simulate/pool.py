@@ -137,6 +137,7 @@ def prepare_iid(cfg, out: Path) -> PoolData:
         truth = np.where(db_mask == IGNORE, IGNORE, (db_mask > 0).astype(np.uint8)).astype(np.uint8)
         meta = {k: r[k] for k in ("category_common_name", "cutouts", "state", "season")}
         meta["cover"] = round(float((truth == 1).mean()), 5)
+        meta["estimated_bbox_area_cm2"] = round(meta["cover"] * 1600.0, 2)  # veg_random's plant-size column
         meta["group_id"] = r["image_id"]  # i.i.d.: every frame its own group
         samples.append(Sample(r["image_id"], read_image(root / r["image_path"]), truth, meta))
     test, pool = samples[: cfg.test], samples[cfg.test:]

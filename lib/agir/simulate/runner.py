@@ -17,13 +17,13 @@ from agir.logs import get_logger
 from agir.runs import append_jsonl, write_json
 from agir.simulate import effort as eff
 from agir.simulate import model as M
-from agir.simulate.config import SimConfig
+from agir.simulate.config import SimConfig, strategy_spec
 from agir.simulate.pool import PoolData, Sample, prepare_data
 
 log = get_logger("simulate")
 FULL = "_full_pool"  # the reference rows: the model fine-tuned on the whole pool
 # candidate-table metadata a real database knows before anyone annotates (not which weeds grew)
-META_COLUMNS = ("group_id", "day", "category_common_name", "cover", "state", "season")
+META_COLUMNS = ("group_id", "day", "category_common_name", "estimated_bbox_area_cm2", "state", "season")
 
 
 def score_table(model: M.SimModel | None, cands: Sequence[Sample]):
@@ -40,9 +40,11 @@ def score_table(model: M.SimModel | None, cands: Sequence[Sample]):
 
 
 def select(scores, strategy: str, n: int, seed: int) -> list[str]:
+    """The workflow's own selection, by name (any strategy agir.select.strategies registers)."""
     from agir.select.strategies import select_ids
 
-    ids, _ = select_ids(scores, strategy, n, seed)
+    name, opts = strategy_spec(strategy)
+    ids, _ = select_ids(scores, name, n, seed, **opts)
     ids = [str(i) for i in ids]
     if len(ids) != min(n, len(scores)) or len(set(ids)) != len(ids):
         raise AgirError(f"simulate: strategy {strategy!r} returned {len(ids)} ids (unique {len(set(ids))}) for n={n}")
@@ -95,7 +97,7 @@ def run_strategy(cfg: SimConfig, strategy: str, seed: int, data: PoolData, round
         t0 = time.perf_counter()
         taken = {s.id for s in labelled}
         cands = [s for s in data.pool if s.id not in taken]
-        if needs_model(strategy):
+        if needs_model(strategy_spec(strategy)[0]):
             if r == 1 and round0.get("scores") is None:  # the round-0 model scores alike for every strategy
                 round0["scores"] = score_table(model, cands)
             scores = round0["scores"] if r == 1 else score_table(model, cands)
@@ -110,13 +112,13 @@ def run_strategy(cfg: SimConfig, strategy: str, seed: int, data: PoolData, round
         classes = M.round_classes(model.classes, [s.truth for s in picks], data.classes)
         t1 = time.perf_counter()
         model = M.build(cfg, classes, model.mean, model.std, previous=model)
-        M.train(cfg, model, [s.rgb for s in labelled], [s.truth for s in labelled], data.classes, cfg.ft_steps,
-                cfg.ft_lr, seed * 1000 + r)
+        loss = M.train(cfg, model, [s.rgb for s in labelled], [s.truth for s in labelled], data.classes,
+                       cfg.ft_steps, cfg.ft_lr, seed * 1000 + r)
         train_s = time.perf_counter() - t1
         emit({"seed": seed, "strategy": strategy, "round": r, "annotated": len(labelled), **_eval_row(model, data),
               **corr, "selected": ids, "groups_picked": len({s.meta.get("group_id") for s in picks}),
               "picked_species": sorted({c for s in picks for c in s.meta.get("species", "").split(",") if c}),
-              "classes": classes, "transfer": model.note, "score_s": round(score_s, 1),
+              "classes": classes, "transfer": model.note, "loss": round(loss, 4), "score_s": round(score_s, 1),
               "train_s": round(train_s, 1)})
 
 
@@ -134,18 +136,19 @@ def run_seed(cfg: SimConfig, seed: int, out: Path, data: PoolData, say: Callable
     mean, std = M.norm_stats([s.rgb for s in initial])
     t0 = time.perf_counter()
     m0 = M.build(cfg, M.round_classes([], [s.truth for s in initial], data.classes), mean, std)
-    M.train(cfg, m0, [s.rgb for s in initial], [s.truth for s in initial], data.classes, cfg.init_steps, cfg.lr, seed)
+    loss0 = M.train(cfg, m0, [s.rgb for s in initial], [s.truth for s in initial], data.classes, cfg.init_steps,
+                    cfg.lr, seed)
     base = {"seed": seed, "round": 0, "annotated": len(initial), **_eval_row(m0, data), "classes": m0.classes,
-            "train_s": round(time.perf_counter() - t0, 1)}
+            "loss": round(loss0, 4), "train_s": round(time.perf_counter() - t0, 1)}
     # the reference: the round-0 model fine-tuned on the whole pool with the compute of the last round's
     # model (rounds x ft_steps); the learning curve has to be able to rise this far (full_pool_gain)
     t1 = time.perf_counter()
     full_classes = M.round_classes(m0.classes, [s.truth for s in data.pool], data.classes)
     mf = M.build(cfg, full_classes, mean, std, previous=m0)
-    M.train(cfg, mf, [s.rgb for s in data.pool], [s.truth for s in data.pool], data.classes,
-            cfg.ft_steps * max(1, cfg.rounds), cfg.ft_lr, seed * 1000 + 999)
+    lossf = M.train(cfg, mf, [s.rgb for s in data.pool], [s.truth for s in data.pool], data.classes,
+                    cfg.ft_steps * max(1, cfg.rounds), cfg.ft_lr, seed * 1000 + 999)
     emit({"seed": seed, "strategy": FULL, "round": cfg.rounds, "annotated": len(data.pool), **_eval_row(mf, data),
-          "classes": full_classes, "train_s": round(time.perf_counter() - t1, 1)})
+          "classes": full_classes, "loss": round(lossf, 4), "train_s": round(time.perf_counter() - t1, 1)})
     round0 = {"labelled": initial, "model": m0}
     for strategy in cfg.strategies:
         emit({"strategy": strategy, **base})

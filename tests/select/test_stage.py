@@ -137,3 +137,39 @@ def test_reduced_resolution_pool_is_read_when_score_max_side_is_set(tmp_path):
     run_select_stage(cfg(score_max_side=256, n=1), run)
     sel = read_json(run / "select" / "selection.json")
     assert sel["selected"] == ["img00"] and sel["source"] == "select/pool/manifest.jsonl"
+
+
+def test_class_balanced_weighs_by_the_labelled_set_and_group_cap_holds(tmp_path):
+    r1 = make_round(tmp_path, "r1", n=3)
+    write_json(r1 / "dataset" / "stats.json",
+               {"class_pixel_counts": {"background": 5000, "barley": 900, "wheat": 90, "clover": 10}})
+    run = make_round(tmp_path, "r2")
+    records = read_json(run / "query" / "query.json")
+    for k, r in enumerate(records):
+        r["group_id"] = "pot-late" if k >= 5 else f"pot{k}"  # img05..img11: one pot's sequence
+    write_json(run / "query" / "query.json", records)
+    run_select_stage(cfg(strategy="class_balanced", n=3, rarity_power=1, group_cap=1), run)
+    sel = read_json(run / "select" / "selection.json")
+    assert sel["class_freq_source"] == "r1/dataset/stats.json" and sel["group_cap"] == 1
+    df = pd.read_parquet(run / "select" / "scores.parquet").set_index("id")
+    assert df.loc[sel["selected"][0], "category_common_name"] == "clover"  # rarest in the labelled set
+    assert df.loc[sel["selected"], "group_id"].value_counts().max() == 1 and len(sel["selected"]) == 3
+    # the pool's predicted areas when asked (no labelled frequencies recorded then)
+    run_select_stage(cfg(strategy="class_balanced", n=3, class_freq="pool"), run)
+    assert read_json(run / "select" / "selection.json")["class_freq_source"] == "pool predicted area"
+
+
+def test_power_and_veg_random_run_in_the_stage(tmp_path):
+    run = make_round(tmp_path, "r1")
+    run_select_stage(cfg(strategy="power", n=5, temperature=0.5, seed=3), run)
+    sel = read_json(run / "select" / "selection.json")
+    assert len(sel["selected"]) == 5 and "power sampling, T=0.5" in sel["score_column"]
+    run_select_stage(cfg(strategy="power", n=5, temperature=0.5, seed=3), run)
+    assert read_json(run / "select" / "selection.json")["selected"] == sel["selected"]
+    bare = make_round(tmp_path, "r0", model=False)
+    run_select_stage(cfg(strategy="veg_random", n=6), bare)
+    chosen = pd.read_parquet(bare / "select" / "scores.parquet").query("selected")
+    # 3 species x 2 estimated_area_bin values: each stratum once
+    assert len(set(zip(chosen["category_common_name"], chosen["estimated_area_bin"]))) == 6
+    with pytest.raises(AgirError, match="select.class_freq='often'"):
+        run_select_stage(cfg(strategy="class_balanced", class_freq="often"), run)

@@ -10,6 +10,10 @@ def select_inputs(wildcards):
         "candidates": rp(wildcards, pool),
         "query": rp(wildcards, "query/query.json"),
         "earlier": earlier_round_files(cfg, "select/selection.json") + earlier_round_files(cfg, "cvat/download.json"),
+        # class_balanced weighs classes by the newest labelled set (class_freq: labelled)
+        "labelled": earlier_round_files(cfg, "dataset/stats.json")
+        if cfg["select"].get("strategy") == "class_balanced" and cfg["select"].get("class_freq", "labelled") == "labelled"
+        else [],
     }
 
 

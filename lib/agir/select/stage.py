@@ -35,6 +35,8 @@ from agir.logs import get_logger
 from agir.names import file_stem
 from agir.runs import atomic_write, read_json, read_json_or, read_jsonl, write_json
 from agir.select.strategies import (
+    DEFAULT_COVER_BY,
+    DEFAULT_GROUP_BY,
     DEFAULT_SCORE,
     DEFAULT_STRATIFY_BY,
     check_strategy,
@@ -57,7 +59,19 @@ DEFAULTS: dict[str, Any] = {
     "uncertain_margin": 0.2,
     "area_bins": 3,
     "gallery": 4,
+    "cover_by": list(DEFAULT_COVER_BY),
+    "temperature": 1.0,
+    "power_base": "score",
+    "cost": "errors",
+    "cost_overhead": 0.02,
+    "cost_weight": 1.0,
+    "rarity_power": 0.5,
+    "class_freq": "labelled",
+    "group_cap": None,
+    "group_by": DEFAULT_GROUP_BY,
 }
+# strategies whose picks are not "everything above a score": no cut-off line in the histogram
+NO_CUTOFF = ("diverse", "kcenter", "power", "class_balanced", "stratified", "veg_random", "random", "all")
 # manifest keys that are not record metadata (a record column of the same name is prefixed meta_)
 RESERVED = {"id", "image_id", "n_records", "record_ids", "image", "mask", "score", "rank", "selected",
             "excluded", "excluded_reason", "dominant_class"}
@@ -69,6 +83,32 @@ def select_settings(cfg: Mapping) -> dict:
     out.update({k: v for k, v in (cfg.get("select") or {}).items()})
     check_strategy(out["strategy"])
     return out
+
+
+def labelled_class_freq(run: Path) -> tuple[dict[str, int] | None, str | None]:
+    """Class pixel counts of the newest earlier round's training set (dataset/stats.json), without background."""
+    for rnd in reversed(earlier_rounds(run)):
+        stats = read_json_or(rnd / "dataset" / "stats.json", None)
+        counts = stats.get("class_pixel_counts") if isinstance(stats, Mapping) else None
+        if isinstance(counts, Mapping):
+            return {str(k): int(v) for k, v in counts.items() if k != "background"}, f"{rnd.name}/dataset/stats.json"
+    return None, None
+
+
+def class_freq_option(value: Any, run: Path) -> tuple[dict | None, str]:
+    """select.class_freq -> (mapping or None = the pool's predicted areas, where it came from)."""
+    if isinstance(value, Mapping):
+        return dict(value), "select.class_freq"
+    if value in (None, "pool"):
+        return None, "pool predicted area"
+    if value == "labelled":
+        freq, src = labelled_class_freq(run)
+        if freq is None:
+            log.info("select: class_freq labelled: no earlier round has dataset/stats.json; using the pool's "
+                     "predicted areas")
+            return None, "pool predicted area (no labelled set yet)"
+        return freq, src
+    raise AgirError(f"select.class_freq={value!r}: use labelled, pool or a mapping class name -> count")
 
 
 def candidate_manifest(run: Path, settings: Mapping) -> Path:
@@ -233,6 +273,10 @@ def run_select_stage(cfg: Mapping, run: str | os.PathLike) -> dict:
         log.info("select: %d of %d candidates were annotated in earlier rounds and are left out",
                  len(excluded), len(df))
 
+    extra: dict[str, Any] = {}
+    freq_source = None
+    if st["strategy"] == "class_balanced":
+        extra["class_freq"], freq_source = class_freq_option(st["class_freq"], run)
     sel = select(
         df.drop(columns=["excluded", "excluded_reason"]),
         st["strategy"],
@@ -243,6 +287,16 @@ def run_select_stage(cfg: Mapping, run: str | os.PathLike) -> dict:
         score=st["score"],
         stratify_by=st["stratify_by"],
         area_bins_n=int(st["area_bins"]),
+        cover_by=st["cover_by"],
+        temperature=float(st["temperature"]),
+        power_base=st["power_base"],
+        cost=st["cost"],
+        cost_overhead=float(st["cost_overhead"]),
+        cost_weight=float(st["cost_weight"]),
+        rarity_power=float(st["rarity_power"]),
+        group_cap=None if st["group_cap"] is None else int(st["group_cap"]),
+        group_by=st["group_by"],
+        **extra,
     )
     rank = {cid: i for i, cid in enumerate(sel.ids)}
     df["score"] = df["id"].map(sel.scores).astype(float)
@@ -270,7 +324,10 @@ def run_select_stage(cfg: Mapping, run: str | os.PathLike) -> dict:
         "fallback": sel.fallback,
         "source": str(src.relative_to(run)),
         "score_max_side": st["score_max_side"],
+        "group_cap": st["group_cap"],
     }
+    if freq_source is not None:
+        selection["class_freq_source"] = freq_source
     write_parquet(out / "scores.parquet", df)
     write_json(out / "selection.json", selection)
 
@@ -352,7 +409,8 @@ _save = save_png
 def plot_score_distribution(path: Path, eligible: pd.DataFrame, label: str, strategy: str) -> None:
     """Histogram of the eligible candidates' scores, the selected ones on top, and the cut-off.
 
-    diverse and kcenter do not pick by a threshold (a bin's best may score low), so they get no cut-off line.
+    Strategies that do not pick by a threshold (NO_CUTOFF: a bin's best may score low, power sampling
+    draws) get no cut-off line.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
@@ -365,7 +423,7 @@ def plot_score_distribution(path: Path, eligible: pd.DataFrame, label: str, stra
         chosen = vals[eligible["selected"].to_numpy()[finite]]
         if len(chosen):
             ax.hist(chosen, bins=bins, color="#d95f43", label=f"selected ({len(chosen)})")
-        if len(chosen) and strategy not in ("diverse", "kcenter"):
+        if len(chosen) and strategy not in NO_CUTOFF:
             cut = float(chosen.min())
             ax.axvline(cut, color="k", ls="--", lw=1)
             ax.text(cut, ax.get_ylim()[1] * 0.95, f" cut-off {cut:.3g}", fontsize=8, va="top")

@@ -53,10 +53,16 @@ def test_model_run_records_uncertainty_and_resume_keeps_it(semif_run, tiny_check
         assert all(0.0 <= u[k] <= 1.0 for k in STAT_KEYS)
         assert u["pixels"] == ln["size"][0] * ln["size"][1]  # every pixel counted once
         assert u["entropy_mean"] > 0  # an untrained network is unsure
+        # contract C3: boxes of the most uncertain regions, inside infer/images/{id}.jpg
+        assert isinstance(ln["review_regions"], list) and len(ln["review_regions"]) <= 5
+        for x0, y0, x1, y1 in ln["review_regions"]:
+            assert 0 <= x0 < x1 <= ln["size"][0] and 0 <= y0 < y1 <= ln["size"][1]
+        assert set(u["class_uncertainty"]) == {"a", "b"}
     again = run_infer_stage(cfg, run)
     assert again["resumed"] == 2
     resumed = read_jsonl(run / "infer" / "manifest.jsonl")
     assert [ln["uncertainty"] for ln in resumed] == [ln["uncertainty"] for ln in lines]
+    assert [ln["review_regions"] for ln in resumed] == [ln["review_regions"] for ln in lines]
 
 
 def test_baseline_writes_no_uncertainty(semif_run):

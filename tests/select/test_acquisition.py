@@ -68,11 +68,11 @@ def test_cost_aware_prefers_cheap_images_of_equal_uncertainty():
                        "least_confidence": [0.05, 0.4, 0.001], "uncertain_fraction": [0.1, 0.5, 0.0]})
     ids, s = select_ids(df, "cost_aware", 3, 0)
     assert ids == ["cheap", "dear", "certain"]
-    # gain = entropy_plant mass (0.5 * 0.6) per (0.02 overhead + expected wrong share)
-    assert s["cheap"] == pytest.approx(0.3 / 0.07) and s["dear"] == pytest.approx(0.3 / 0.42)
-    # cost_weight 0: the uncertainty mass alone (a tie between cheap and dear)
-    assert select_ids(df, "cost_aware", 3, 0, cost_weight=0)[1]["dear"] == pytest.approx(0.3)
-    assert select_ids(df, "cost_aware", 1, 0, cost="plant")[1]["certain"] == pytest.approx(0.01 / 0.52)
+    # gain = entropy_plant per (0.02 overhead + expected wrong share)
+    assert s["cheap"] == pytest.approx(0.5 / 0.07) and s["dear"] == pytest.approx(0.5 / 0.42)
+    # cost_weight 0: the uncertainty alone (a tie between cheap and dear)
+    assert select_ids(df, "cost_aware", 3, 0, cost_weight=0)[1]["dear"] == pytest.approx(0.5)
+    assert select_ids(df, "cost_aware", 1, 0, cost="plant")[1]["certain"] == pytest.approx(0.02 / 0.52)
     with pytest.raises(AgirError, match="select.cost='clicks'"):
         select_ids(df, "cost_aware", 1, 0, cost="clicks")
 

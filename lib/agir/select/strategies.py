@@ -26,10 +26,12 @@ Strategies:
   statistic or (`power_base: cost_aware`) the cost-aware score. Drawn as the top N of
   log(base)/T + Gumbel noise from the seeded key (the Gumbel-top-k trick: the same as N sequential
   draws). T -> 0 is top-k, large T is random. Candidates with base <= 0 come last, in seeded order.
-- `cost_aware`: expected gain per corrected pixel. gain = the `score` statistic's uncertainty mass over
-  the frame (a `_plant` statistic times plant_fraction); cost = `cost_overhead` + the fraction of pixels
-  a person touches (`cost`: errors = least_confidence, the expected share of wrong pixels;
-  plant = plant_fraction; uncertain = uncertain_fraction); score = gain / cost^`cost_weight`.
+- `cost_aware`: expected gain per corrected pixel, as return on investment (Settles et al., 2008):
+  gain = the image's `score` statistic (how unsure the model is, per pixel, as the ranked strategies
+  use it), cost = `cost_overhead` + the fraction of pixels a person touches (`cost`: errors =
+  least_confidence, the expected share of wrong pixels; plant = plant_fraction; uncertain =
+  uncertain_fraction); score = gain / cost^`cost_weight`. (A gain that is itself a mass, such as
+  entropy summed over the frame, grows with the cost and the ratio would favour the largest frames.)
 - `class_balanced`: rare species get a share of the batch. Per class c the candidates are ranked by
   the model's uncertainty attributed to c (`unc_<c>` = sum of p_c * entropy; without it
   `area_<c>` x the `score` statistic); class weights w_c = freq_c^-`rarity_power`, freq_c from
@@ -323,19 +325,9 @@ def _veg_random(df, n, seed, stratify_by=DEFAULT_STRATIFY_BY, cover_by=DEFAULT_C
     return full[:n], _pick_order_scores(df, full), "veg_random_pick_order"
 
 
-def _mass(df: pd.DataFrame, column: str) -> np.ndarray:
-    """A statistic as uncertainty mass over the frame: `_plant` ones times plant_fraction; >= 0, NaN -> -inf."""
-    v = score_values(df, column)
-    if column.endswith("_plant") and "plant_fraction" in df.columns:
-        pf = df["plant_fraction"].to_numpy(dtype=np.float64, na_value=np.nan)
-        # a frame without plant: score_values put its _mean value there, which is already a mass
-        v = np.where(np.isfinite(v) & (pf > 0), v * pf, v)
-    return v
-
-
 def cost_aware_scores(df: pd.DataFrame, score: str = DEFAULT_SCORE, cost: str = "errors",
                       cost_overhead: float = 0.02, cost_weight: float = 1.0) -> np.ndarray:
-    """Expected gain per corrected pixel: mass(score) / (cost_overhead + cost fraction)^cost_weight."""
+    """Expected gain per corrected pixel: score / (cost_overhead + cost fraction)^cost_weight."""
     if cost not in COSTS:
         raise AgirError(f"select.cost={cost!r}: use one of {', '.join(COSTS)}")
     if float(cost_overhead) < 0 or float(cost_weight) < 0:
@@ -343,7 +335,7 @@ def cost_aware_scores(df: pd.DataFrame, score: str = DEFAULT_SCORE, cost: str = 
     col = COSTS[cost]
     if col not in df.columns:
         raise AgirError(f"select.cost={cost}: the scores table has no {col} column (needs model statistics)")
-    gain = _mass(df, score)
+    gain = score_values(df, score)
     c = df[col].to_numpy(dtype=np.float64, na_value=np.nan) + float(cost_overhead)
     c = np.power(np.maximum(c, 1e-9), float(cost_weight))
     out = gain / c
@@ -354,7 +346,7 @@ def _cost_aware(df, n, seed, score=DEFAULT_SCORE, cost="errors", cost_overhead=0
     v = cost_aware_scores(df, score, cost, cost_overhead, cost_weight)
     order = _order(df, v, seed)
     return list(order[:n]), pd.Series(v, index=df["id"].to_numpy(), name="score"), \
-        f"{_label(score)} mass / ({cost_overhead} + {COSTS[cost]})^{cost_weight}"
+        f"{_label(score)} / ({cost_overhead} + {COSTS[cost]})^{cost_weight}"
 
 
 def power_keys(base: np.ndarray, ids: Iterable[str], seed: int, temperature: float = 1.0) -> np.ndarray:

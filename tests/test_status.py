@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,38 @@ def test_selection_prelabeler_and_changed_pixels_lines(project, monkeypatch):
     assert r2["annotators"].strip() == "annotators changed 12.5% of the pre-labelled pixels"
 
 
+def test_each_round_shows_its_class_set_and_what_is_new(project, monkeypatch):
+    from agir.classes import round_class_set, write_round_classes
+
+    no_dry_run(monkeypatch)
+    runs = project / "outputs/runs/tiny"
+    species = {"classes": {"mode": "species"}}
+    first = round_class_set(species, record_species=["barley"])
+    write_round_classes(runs / "round_001/classes.json", first)
+    write_round_classes(runs / "round_002/classes.json", round_class_set(
+        species, earlier=[first["classes"]], record_species=["cereal rye", "barley"]))
+    write_json(runs / "round_002/model/metrics.json", {"init": {
+        "line": "initialised from round_001/model/best.pth: kept 1 class (barley), new head rows for 1 (cereal rye)"}})
+    lines = status.status_report("config.yaml", [])
+    r1, r2 = block(lines, "tiny/round_001"), block(lines, "tiny/round_002")
+    assert r1["classes"].strip() == "classes: 1 (barley); new: 1 (barley)"  # a first round's classes are all new
+    assert r2["classes"].strip() == "classes: 2 (barley, cereal rye); new: 1 (cereal rye)"
+    assert r2["model"].strip() == ("model: initialised from round_001/model/best.pth: kept 1 class (barley), "
+                                   "new head rows for 1 (cereal rye)")
+    # the line sits right under the round's name, before the stages
+    head = lines.index(next(ln for ln in lines if ln.startswith("round_002")))
+    assert lines[head + 1].strip().startswith("classes: 2 ")
+    # a round made before class sets existed, and a damaged file, say so in the same place
+    assert block(lines, "other/round_001")["classes"].strip() == "classes: \u2014"
+    write_text(runs / "round_001/classes.json", "{}")
+    r1 = block(status.status_report("config.yaml", []), "tiny/round_001")
+    assert r1["classes"].strip().startswith("classes: unreadable (") and "round_001/classes.json" in r1["classes"]
+    many = round_class_set(species, record_species=[f"sp{i:02d}" for i in range(12)])
+    write_round_classes(runs / "round_001/classes.json", many)
+    r1 = block(status.status_report("config.yaml", []), "tiny/round_001")
+    assert r1["classes"].strip().startswith("classes: 12 (sp00, sp01, sp02, sp03, sp04, sp05, sp06, sp07, +4 more)")
+
+
 def test_project_narrows_the_listing(project, monkeypatch):
     calls = no_dry_run(monkeypatch)
     text = "\n".join(status.status_report("config.yaml", [], project="other"))
@@ -198,7 +231,8 @@ def test_cli_status_with_real_snakemake(tmp_path):
     r2.mkdir(parents=True)
     (r2 / "overrides.yaml").write_text(yaml.safe_dump({"query": {"limit": 3}}))
     run_snakemake(tmp_path, "outputs/runs/tiny/round_001/query/query.json",
-                  "outputs/runs/tiny/round_002/query/query.json")
+                  "outputs/runs/tiny/round_002/query/query.json", "outputs/runs/tiny/round_001/classes.json")
+    run_snakemake(tmp_path, "outputs/runs/tiny/round_002/classes.json")  # rounds are built one after the other
 
     def cli(*args):
         proc = subprocess.run([sys.executable, "-m", "agir.cli", "status", "--config", "config.yaml", *args],
@@ -211,6 +245,17 @@ def test_cli_status_with_real_snakemake(tmp_path):
     assert "done" in block(lines, "tiny/round_001")["query"]
     r2_query = block(lines, "tiny/round_002")["query"]
     assert "done" in r2_query and "3 records" in r2_query  # judged by its saved limit, not the project's
+    # each round's class set: round 1's species are all new, round 2 adds only the species round 1 lacked
+    runs = tmp_path / "outputs/runs/tiny"
+    sp1, sp2 = ([str(r["category_common_name"]).lower() for r in json.loads((runs / rnd / "query/query.json").read_text())]
+                for rnd in ("round_001", "round_002"))
+    first = sorted(set(sp1))
+    assert block(lines, "tiny/round_001")["classes"].strip() == (
+        f"classes: {len(first)} ({', '.join(first)}); new: {len(first)} ({', '.join(first)})")
+    added = sorted(set(sp2) - set(sp1))
+    assert block(lines, "tiny/round_002")["classes"].strip() == (
+        f"classes: {len(first) + len(added)} ({', '.join(first + added)}); "
+        + (f"new: {len(added)} ({', '.join(added)})" if added else "new: none"))
     # a changed saved setting makes exactly that round's query stale
     (r2 / "overrides.yaml").write_text(yaml.safe_dump({"query": {"limit": 2}}))
     lines = cli()

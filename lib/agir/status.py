@@ -1,5 +1,6 @@
 """`agir-cvtoolkit status`: every round under io.out_root with its stages as done / stale / waiting for CVAT /
-failed, key numbers, the active selection, the chosen pre-labeler and how much annotators changed.
+failed, key numbers, the round's class set (which classes are new), the active selection, the chosen
+pre-labeler, where training started and how much annotators changed.
 
 Each round is judged by its own settings (`round_config`: the project config + the run folder's saved
 `overrides.yaml`), and staleness comes from one `snakemake --summary` dry run over the outputs that exist
@@ -98,6 +99,44 @@ def changed_fraction(run: Path) -> float | None:
     down = (read_json_or(run / "cvat" / "metrics.json") or {}).get("download") or {}
     value = down.get("changed_fraction_mean")
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def _named(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", +{len(names) - limit} more" if len(names) > limit else "")
+
+
+def class_set_summary(run: Path) -> dict[str, Any] | None:
+    """{"classes": [names in index order], "new": [...]} from the round's classes.json (None without one)."""
+    from agir.classes import ROUND_CLASSES, class_names, read_round_classes
+
+    if not (run / ROUND_CLASSES).is_file():
+        return None
+    try:
+        doc = read_round_classes(run / ROUND_CLASSES)
+    except (AgirError, OSError, ValueError, KeyError, TypeError) as exc:
+        return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    return {"classes": class_names(doc), "new": [str(n) for n in doc.get("new") or []]}
+
+
+def classes_line(run: Path) -> str:
+    """`classes: 2 (barley, cereal rye); new: 1 (cereal rye)`, or `classes: —` for a round without classes.json."""
+    info = class_set_summary(run)
+    if info is None:
+        return "classes: —"
+    if "error" in info:
+        return f"classes: unreadable ({info['error']})"
+    names, new = info["classes"], info["new"]
+    return (f"classes: {len(names)} ({_named(names)}); "
+            + (f"new: {len(new)} ({_named(new)})" if new else "new: none"))
+
+
+def init_line(run: Path) -> str | None:
+    """`model: initialised from round_001/model/best.pth: kept ...` (train's one line) when metrics.json has it."""
+    init = (read_json_or(run / "model" / "metrics.json") or {}).get("init")
+    if isinstance(init, Mapping) and init.get("line"):
+        return f"model: {init['line']}"
+    return None
 
 
 def selection_line(run: Path) -> str | None:
@@ -294,12 +333,13 @@ def round_lines(rnd: Round, plan: Plan | None, configured: bool = False) -> list
         return lines + ["  nothing built yet"]
     if rnd.error:
         lines.append(f"  settings: {rnd.error}")
+    lines.append(f"  {classes_line(rnd.run)}")
     stages, reasons = not_in_round_reasons(rnd.cfg) if rnd.cfg is not None else (None, {})
     rows = round_states(rnd.run, plan if rnd.cfg is not None else None, stages, reasons)
     width = max([16] + [len(state) for _, state, _ in rows])
     for stage, state, numbers in rows:
         lines.append(f"  {stage:<11} {state:<{width}} {numbers}".rstrip())
-    for extra in (selection_line(rnd.run), prelabeler_line(rnd.run)):
+    for extra in (selection_line(rnd.run), prelabeler_line(rnd.run), init_line(rnd.run)):
         if extra:
             lines.append(f"  {extra}")
     frac = changed_fraction(rnd.run)

@@ -148,7 +148,8 @@ def test_class_balanced_weighs_by_the_labelled_set_and_group_cap_holds(tmp_path)
     for k, r in enumerate(records):
         r["group_id"] = "pot-late" if k >= 5 else f"pot{k}"  # img05..img11: one pot's sequence
     write_json(run / "query" / "query.json", records)
-    run_select_stage(cfg(strategy="class_balanced", n=3, rarity_power=1, group_cap=1), run)
+    m = run_select_stage(cfg(strategy="class_balanced", n=3, rarity_power=1, group_cap=1), run)
+    assert m["selected_groups"] == 3 and m["max_selected_per_group"] == 1
     sel = read_json(run / "select" / "selection.json")
     assert sel["class_freq_source"] == "r1/dataset/stats.json" and sel["group_cap"] == 1
     df = pd.read_parquet(run / "select" / "scores.parquet").set_index("id")

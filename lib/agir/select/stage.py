@@ -352,6 +352,11 @@ def run_select_stage(cfg: Mapping, run: str | os.PathLike) -> dict:
         "selected_dominant_class": {str(k): int(v) for k, v in chosen["dominant_class"].value_counts().items()},
         "pool_dominant_class": {str(k): int(v) for k, v in eligible["dominant_class"].value_counts().items()},
     }
+    gcol = st["group_by"]
+    if gcol in df.columns and len(chosen):  # near-duplicates in the batch (select.group_cap bounds them)
+        per_group = chosen[gcol].dropna().astype(str).value_counts()
+        metrics["selected_groups"] = int(len(per_group))
+        metrics["max_selected_per_group"] = int(per_group.max()) if len(per_group) else 0
     for stat in ("entropy_plant", "margin_plant", "least_confidence", "plant_fraction"):
         if stat in df.columns:
             metrics[f"{stat}_mean_pool"] = _mean(eligible[stat])

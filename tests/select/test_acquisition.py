@@ -146,6 +146,7 @@ def test_group_cap_keeps_the_uncapped_order_and_stops_when_the_pool_is_used_up()
     assert len(capped) == 5  # 5 groups, 1 each
     g = df.set_index("id")["group_id"]
     assert capped == [i for k, i in enumerate(free) if g[i] not in set(g[free[:k]])]
+    assert len(select_ids(df, "all", 3, 0, group_cap=2)[0]) == 10  # all: every candidate the cap allows
     # no group value = no group
     df.loc[:9, "group_id"] = None
     assert len(select_ids(df, "entropy", 20, 0, group_cap=1)[0]) == 10 + 4

@@ -565,7 +565,9 @@ def select(
     if group_cap is None:
         picked, score, label = _REGISTRY[used](df, n, seed, **opts)
     else:
-        picked, score, label = _run_capped(_REGISTRY[used], df, n, seed, int(group_cap), group_by, **opts)
+        # `all` ignores n: with a cap it is every candidate the cap lets through
+        n_cap = len(df) if used == "all" else n
+        picked, score, label = _run_capped(_REGISTRY[used], df, n_cap, seed, int(group_cap), group_by, **opts)
     ids = [str(df["id"].iloc[p]) for p in picked]
     return Selection(ids=ids, scores=score, strategy=used, score_column=label, fallback=reason)
 

@@ -4,11 +4,12 @@ Runs `agir.simulate` (protocol: docs/active_learning.md) with the benchmark's ch
 <= 60 min on an idle 2-core CPU (two seeds in parallel, one single-threaded process each):
 
 - pool `agir` (agir.demo.sequences): 60 pots x 6 days = 360 frames of 128 px; 3 common crops, 5 rare
-  weeds in 1-5 % of the frames, ~94 % background; validation 32 and test 48 frames balanced over
+  weeds in 1-5 % of the frames, ~92 % background; validation 32 and test 48 frames balanced over
   the 8 species, from other pots;
 - 10 random initial frames, then 5 rounds of 10 (10 -> 60 annotated); round 0 trains 300 steps from
-  random weights (lr 0.003), each later round fine-tunes the previous round's model 120 steps
-  (lr 0.001), the head widened for new species (agir.checkpoint.transfer_weights);
+  random weights (lr 0.003), each later round fine-tunes the previous round's model 100 steps
+  (lr 0.002), the head widened for new species (agir.checkpoint.transfer_weights); class-weighted
+  CE + Dice;
 - every strategy of the default list that agir.select.strategies registers, seeds 0-4.
 
     .venv/bin/python benchmarks/al_bench.py --out outputs/al_bench          # the full benchmark

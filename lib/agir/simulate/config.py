@@ -65,9 +65,9 @@ class SimConfig:
     crop_size: int = 128
     batch_size: int = 8
     lr: float = 0.003  # round 0, from random weights
-    ft_lr: float = 0.001  # later rounds, fine-tuning the previous round's model
+    ft_lr: float = 0.002  # later rounds, fine-tuning the previous round's model
     init_steps: int = 300
-    ft_steps: int = 120
+    ft_steps: int = 100
     # --- "review here" hints (§5)
     hint_threshold: float = 0.2
     hint_regions: int = 5

@@ -89,7 +89,12 @@ def train(cfg, model: SimModel, rgbs: Sequence[np.ndarray], truths: Sequence[np.
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
-    loss_fn = SegLoss({"ce": 1.0, "dice": 1.0}, ignore_index=IGNORE)
+    # train.class_weights: true (inverse pixel frequency over the labelled set, spread capped at 50x,
+    # mean 1): without it the rare species' few pixels never outweigh the background
+    counts = np.bincount(y_all[y_all != IGNORE].numpy().ravel(), minlength=len(model.classes) + 1).astype(float)
+    w = 1.0 / np.maximum(counts / max(1.0, counts.sum()), 1e-4)
+    w = np.minimum(w, w.min() * 50.0)
+    loss_fn = SegLoss({"ce": 1.0, "dice": 1.0}, class_weights=(w / w.mean()).tolist(), ignore_index=IGNORE)
     n, h, w = y_all.shape
     cs = min(int(cfg.crop_size), h, w)
     tail: list[float] = []

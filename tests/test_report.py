@@ -46,7 +46,7 @@ def test_every_round_writes_the_fixed_set_of_files(rounds):
         if name.endswith(".png"):
             assert is_png(run / "report" / name), name
     assert set(report.REPORT_FILES) == {
-        "summary.json", "query_summary.png", "prelabel_quality.png", "prelabeler.png", "cvat_changes.png",
+        "summary.json", "class_sets.png", "query_summary.png", "prelabel_quality.png", "prelabeler.png", "cvat_changes.png",
         "dataset_stats.png", "training_curves.png", "test_iou.png", "test_predictions.png"}
     assert summary["not_in_round"] == {
         "download": "download is not part of this round (project.until is infer)",
@@ -55,6 +55,33 @@ def test_every_round_writes_the_fixed_set_of_files(rounds):
     }
     assert read_json(run / "report" / "summary.json")["query"]["records"] == 1
     assert summary["prelabeler"] is None  # no infer/prelabeler.json: a placeholder picture
+
+
+def test_class_sets_of_every_round_up_to_this_one(tmp_path):
+    from agir.classes import round_class_set, write_round_classes
+
+    species = {"classes": {"mode": "species"}}
+    first = round_class_set(species, record_species=["barley"])
+    second = round_class_set(species, earlier=[first["classes"]], record_species=["cereal rye"])
+    third = round_class_set(species, earlier=[first["classes"], second["classes"]], record_species=["hairy vetch"])
+    run_of(tmp_path, "round_001").mkdir(parents=True)  # made before class sets existed
+    for name, doc in (("round_002", first), ("round_003", second), ("round_004", third)):
+        write_round_classes(run_of(tmp_path, name) / "classes.json", doc)
+    run = run_of(tmp_path, "round_003")
+    summary = report.run_report_stage(cfg_for(tmp_path, "round_003", until="query"), run, ["query"])
+    assert summary["class_sets"] == [
+        {"round": "round_001", "classes": None, "new": None, "error": None},
+        {"round": "round_002", "classes": ["barley"], "new": ["barley"], "error": None},
+        {"round": "round_003", "classes": ["barley", "cereal rye"], "new": ["cereal rye"], "error": None},
+    ]  # round_004 comes after this report's round
+    assert summary["classes"] == {"classes": ["barley", "cereal rye"], "new": ["cereal rye"]}
+    assert read_json(run / "report" / "summary.json")["classes"] == summary["classes"]
+    assert is_png(run / "report" / "class_sets.png")
+    # the report of a round without a class set still draws the picture
+    lone = report.run_report_stage(cfg_for(tmp_path, "round_001", until="query"), run_of(tmp_path, "round_001"),
+                                   ["query"])
+    assert lone["classes"] == {"classes": None, "new": None}
+    assert is_png(run_of(tmp_path, "round_001") / "report" / "class_sets.png")
 
 
 def test_cvat_skipped_by_label_source_says_so(rounds):

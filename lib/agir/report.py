@@ -1,5 +1,6 @@
-"""Pictures for `snakemake --report`: one round's query, pre-label quality across rounds, the chosen
-pre-labeler, CVAT changes across rounds, dataset statistics, training curves and per-class test IoU.
+"""Pictures for `snakemake --report`: the class set of each round (new classes marked), one round's query,
+pre-label quality across rounds, the chosen pre-labeler, CVAT changes across rounds, dataset statistics,
+training curves and per-class test IoU.
 
 Every round writes the same files (REPORT_FILES), so the report rule can declare a fixed set of outputs:
 a stage that is not part of the round gets a small picture saying so.
@@ -27,7 +28,10 @@ REPORT_PICTURES: dict[str, tuple[str, ...]] = {
     "preprocess": ("dataset_stats.png",),
     "train": ("training_curves.png", "test_iou.png", "test_predictions.png"),
 }
-REPORT_FILES: tuple[str, ...] = ("summary.json",) + tuple(f for files in REPORT_PICTURES.values() for f in files)
+# drawn for every round, whatever its stages: the class set of each round up to this one
+CLASS_SETS_PICTURE = "class_sets.png"
+REPORT_FILES: tuple[str, ...] = ("summary.json", CLASS_SETS_PICTURE) + tuple(
+    f for files in REPORT_PICTURES.values() for f in files)
 
 
 _plt = pyplot
@@ -80,6 +84,51 @@ def rounds_with(cfg: Mapping, rel: str) -> list[tuple[Path, dict]]:
         if isinstance(data, dict):
             out.append((rnd, data))
     return out
+
+
+def class_sets(run: Path, out: Path) -> list[dict]:
+    """Each round of the project up to this one: its classes (index order) and which are new (classes.json).
+
+    A round without classes.json (made before class sets existed, or not past its query) shows "—".
+    """
+    import textwrap
+
+    from agir.status import class_set_summary
+
+    run = Path(run)
+    root = run.parent
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    rows = []
+    for name in [n for n in names if n <= run.name] or [run.name]:
+        info = class_set_summary(root / name)
+        rows.append({"round": name, "classes": None if info is None else info.get("classes"),
+                     "new": None if info is None else info.get("new"), "error": (info or {}).get("error")})
+
+    def cell(values: list[str] | None, width: int, error: str | None = None) -> str:
+        if error:
+            return textwrap.fill(f"unreadable: {error}", width)
+        if values is None:
+            return "\u2014"
+        return textwrap.fill(f"{len(values)}: " + ", ".join(values), width) if values else "none"
+
+    # wrap widths in characters match the column widths below at font size 7
+    table = [[r["round"], cell(r["classes"], 62, r["error"]), "" if r["error"] else cell(r["new"], 32)] for r in rows]
+    heights = [max(c.count("\n") + 1 for c in row) for row in table]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 0.6 + 0.22 * (sum(heights) + 1)))
+    ax.axis("off")
+    tab = ax.table(cellText=table, colLabels=["round", "classes (mask index order)", "new in this round"],
+                   colWidths=[0.14, 0.56, 0.30], cellLoc="left", loc="upper center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(7)
+    unit = 1.0 / (sum(heights) + 1)
+    for (r, _c), c in tab.get_celld().items():
+        c.set_height(unit * (heights[r - 1] if r > 0 else 1))
+        if r > 0 and table[r - 1][0] == run.name:
+            c.set_text_props(fontweight="bold")  # the round this report is about
+    ax.set_title("class set per round (old classes keep their index; new ones are appended)", fontsize=9)
+    _save(fig, out)
+    return rows
 
 
 def query_summary(run: Path, out: Path) -> dict:
@@ -256,6 +305,10 @@ def run_report_stage(cfg: Mapping, run: Path, stages: Sequence[str]) -> dict:
         for name in REPORT_PICTURES[stage]:
             placeholder(report_dir / name, text)
 
+    summary["class_sets"] = class_sets(run, report_dir / CLASS_SETS_PICTURE)
+    this = summary["class_sets"][-1] if summary["class_sets"] and summary["class_sets"][-1]["round"] == Path(
+        run).name else None
+    summary["classes"] = {"classes": this["classes"], "new": this["new"]} if this else None
     summary["query"] = query_summary(run, report_dir / "query_summary.png")
     if "infer" in stages:
         summary["prelabel_quality"] = quality_across_rounds(cfg, report_dir / "prelabel_quality.png")
@@ -272,6 +325,7 @@ def run_report_stage(cfg: Mapping, run: Path, stages: Sequence[str]) -> dict:
         skip("preprocess")
     if "train" in stages:
         summary["train"] = training_pictures(run, report_dir)
+        summary["train"]["init"] = (read_json_or(Path(run) / "model" / "metrics.json") or {}).get("init")
     else:
         skip("train")
     write_json(report_dir / "summary.json", summary)

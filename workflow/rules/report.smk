@@ -5,6 +5,7 @@ REPORT_CAPTIONS = str(Path(workflow.basedir) / "workflow" / "report")
 
 REPORT_PICTURES = {
     # output name: (file, caption, category)
+    "class_sets": ("class_sets.png", "classes.rst", "1. Query"),
     "query": ("query_summary.png", "query.rst", "1. Query"),
     "quality": ("prelabel_quality.png", "prelabel_quality.rst", "2. Inference"),
     "prelabeler": ("prelabeler.png", "prelabeler.rst", "2. Inference"),

@@ -172,3 +172,65 @@ def test_round_config_is_project_config_plus_saved_settings(tmp_path):
     with pytest.raises(ConfigError, match=r"line \d+, column \d+"):
         round_config(base, tmp_path, "p", "round_002")
     assert list_rounds(tmp_path) == [run]
+
+
+# ---------------------------------------------------------------- io.out_root: where the runs are
+
+def test_out_root_precedence_and_the_remembered_choice(tmp_path):
+    from agir.config import (
+        OUT_ROOT_POINTER,
+        choose_out_root,
+        effective_out_root,
+        remember_out_root,
+        workflow_out_root,
+    )
+
+    # nothing chosen: the config's value, spelled one way (rule outputs and targets must match textually)
+    assert effective_out_root("./outputs/runs/", tmp_path).path == "outputs/runs"
+    chosen = choose_out_root(None, ["io.out_root=/scratch/me/runs/"], tmp_path)
+    assert (chosen.path, chosen.explicit, chosen.instead_of) == ("/scratch/me/runs", True, "outputs/runs")
+    assert "remembered" in remember_out_root(tmp_path, chosen, "agir-cvtoolkit query -o io.out_root=/scratch/me/runs")
+    assert remember_out_root(tmp_path, chosen) is None  # unchanged: said once
+    # later commands and the Snakefile (plain snakemake) in this folder find it without repeating it
+    assert choose_out_root(None, [], tmp_path).path == "/scratch/me/runs"
+    assert workflow_out_root({"io": {"out_root": "outputs/runs"}}, {}, tmp_path, environ={}).path == "/scratch/me/runs"
+    # what is typed wins: `snakemake --config io=...`, then the CLI's choice for the Snakemake it starts
+    assert workflow_out_root({"io": {"out_root": "x"}}, {"io": {"out_root": "y"}}, tmp_path, {}).path == "y"
+    env = {"AGIR_RUN_OUT_ROOT": "/z"}
+    assert workflow_out_root({"io": {"out_root": "outputs/runs"}}, {}, tmp_path, env).path == "/z"
+    # a config that now says something else wins over the remembered choice (it replaced outputs/runs only)
+    assert workflow_out_root({"io": {"out_root": "/elsewhere"}}, {}, tmp_path, {}).path == "/elsewhere"
+    # -o io.out_root=null: back to the config's value, and the folder forgets its choice
+    back = choose_out_root(None, ["io.out_root=null"], tmp_path)
+    assert back.path == "outputs/runs" and "removed" in remember_out_root(tmp_path, back)
+    assert not (tmp_path / OUT_ROOT_POINTER).exists()
+    assert choose_out_root(None, [], tmp_path).path == "outputs/runs"
+
+
+def test_out_root_of_a_config_file_is_remembered_and_a_broken_pointer_is_one_line(tmp_path, repo_root):
+    from agir.config import OUT_ROOT_POINTER, choose_out_root, remember_out_root
+
+    cfg = yaml.safe_load((repo_root / "config" / "config.yaml").read_text())
+    cfg["io"]["out_root"] = "/scratch/runs"
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(cfg))
+    chosen = choose_out_root(tmp_path / "cluster.yaml", [], tmp_path)
+    assert (chosen.path, chosen.explicit, chosen.instead_of) == ("/scratch/runs", True, "outputs/runs")
+    remember_out_root(tmp_path, chosen)
+    assert choose_out_root(None, [], tmp_path).path == "/scratch/runs"  # later, without --config FILE
+    (tmp_path / OUT_ROOT_POINTER).write_text("out_root: [\n")
+    with pytest.raises(ConfigError, match=r"out_root.yaml: invalid YAML at line \d+.*delete it"):
+        choose_out_root(None, [], tmp_path)
+
+
+def test_report_rounds_are_the_rounds_of_the_report_targets(tmp_path):
+    from agir.workflow import report_rounds
+
+    out = "outputs/runs"
+    assert report_rounds(["snakemake", "-n"], out, tmp_path) is None
+    assert report_rounds(["snakemake", "--report", "r.html"], out, tmp_path) == []
+    argv = ["snakemake", "--cores", "2", "outputs/runs/demo/round_002/report/summary.json",
+            "--report", "outputs/runs/demo/round_002/report.html", "--configfile", "outputs/runs/demo/x/o.yaml",
+            f"{tmp_path}/outputs/runs/demo/round_003/infer/manifest.jsonl"]
+    assert report_rounds(argv, out, tmp_path) == [("demo", "round_002"), ("demo", "round_003")]
+    argv = ["snakemake", f"--report={tmp_path}/r.html", f"{tmp_path}/scratch/p/r9/report/summary.json"]
+    assert report_rounds(argv, str(tmp_path / "scratch"), tmp_path) == [("p", "r9")]

@@ -6,6 +6,9 @@
 #
 # The run folder is a wildcard, {io.out_root}/{project}/{round}: a round's settings are this config, plus what
 # was saved for that run in {run}/overrides.yaml (by agir-cvtoolkit, or by hand), plus `--config` values.
+# io.out_root is relative to the working directory; `agir-cvtoolkit ... -o io.out_root=DIR` remembers DIR for
+# this folder in .agir/out_root.yaml, which plain snakemake here follows too (README: outputs on another volume).
+# `snakemake --report FILE <a round's file>` reports on that round: its name, its jobs and pictures only.
 import sys
 from pathlib import Path
 

@@ -35,6 +35,8 @@ from cvat_sdk.api_client.model_utils import to_json
 from cvat_sdk.masks import decode_mask, encode_mask
 from PIL import Image
 
+LABEL_TYPES = ("any", "cuboid", "ellipse", "mask", "points", "polygon", "polyline", "rectangle", "skeleton", "tag")
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
@@ -202,7 +204,7 @@ class CvatTestServer:
                 name=lab["name"],
                 id=lab["id"],
                 color=lab["color"],
-                type="any",
+                type=lab.get("type", "any"),
                 attributes=[],
                 sublabels=[],
                 project_id=lab.get("project_id"),
@@ -370,8 +372,9 @@ class CvatTestServer:
 
     def add_shapes(self, t: dict, shapes: list[dict]) -> None:
         for s in shapes:
-            if s["label_id"] not in self.labels:
-                raise HttpError(400, f"label {s['label_id']} does not exist")
+            lab = self.labels.get(s["label_id"])
+            if lab is None or lab.get("project_id") != t["project_id"]:
+                raise HttpError(400, f"label {s['label_id']} does not exist in the labels of task {t['id']}")
             if not 0 <= int(s["frame"]) < max(1, len(t["frames"])):
                 raise HttpError(400, f"frame {s['frame']} out of range")
             if s["type"] == "mask":
@@ -663,19 +666,40 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, self.cvat.paginate(items, query, self.cvat._abs("/api/projects")))
 
     def _add_labels(self, project_id: int, labels: list[dict]) -> None:
+        """Apply a project's `labels` list the way CVAT 2.x's project serializer does, all or nothing (one transaction):
+        an entry with `id` changes (or with `deleted` removes) that label of this project (404 for another project's
+        label), an entry without `id` adds a label; a name taken in the project, or twice in the request, is a 400
+        "All label names must be unique"; an unknown `type` is a 400. Labels not mentioned are left as they are."""
         srv = self.cvat
+        current = {lid: dict(lab) for lid, lab in srv.labels.items() if lab.get("project_id") == project_id}
+        added: list[dict] = []
         for lab in labels:
-            if lab.get("id"):
-                cur = srv.labels[int(lab["id"])]
+            if lab.get("type", "any") not in LABEL_TYPES:
+                raise HttpError(400, f"labels: {lab.get('type')!r} is not a valid label type")
+            if lab.get("id") is not None:
+                lid = int(lab["id"])
+                if lid not in current:
+                    raise HttpError(404, f"Not found label with id #{lid} to change")
                 if lab.get("deleted"):
-                    del srv.labels[cur["id"]]
+                    del current[lid]
                 else:
-                    cur.update({k: lab[k] for k in ("name", "color") if k in lab})
+                    current[lid].update({k: lab[k] for k in ("name", "color", "type") if k in lab})
                 continue
-            if any(x["name"] == lab["name"] and x.get("project_id") == project_id for x in srv.labels.values()):
-                raise HttpError(400, f"label {lab['name']!r} already exists")
+            if lab.get("deleted"):
+                raise HttpError(400, "labels: Deleted label must have an ID")
+            if not lab.get("name"):
+                raise HttpError(400, "labels: name: This field is required.")
+            added.append(lab)
+        names = [x["name"] for x in current.values()] + [x["name"] for x in added]
+        if len(names) != len(set(names)):
+            raise HttpError(400, "All label names must be unique")
+        for lid in [lid for lid, lab in srv.labels.items() if lab.get("project_id") == project_id and lid not in current]:
+            del srv.labels[lid]
+        srv.labels.update(current)
+        for lab in added:
             lid = srv._next("label")
-            srv.labels[lid] = {"id": lid, "name": lab["name"], "color": lab.get("color") or "#ff0000", "project_id": project_id}
+            srv.labels[lid] = {"id": lid, "name": lab["name"], "color": lab.get("color") or "#ff0000",
+                               "type": lab.get("type", "any"), "project_id": project_id}
 
     def h_projects_create(self, query, raw):
         body = self._json(raw)
@@ -683,7 +707,11 @@ class _Handler(BaseHTTPRequestHandler):
         pid = srv._next("project")
         now = _now()
         srv.projects[pid] = {"id": pid, "name": body["name"], "created": now, "updated": now}
-        self._add_labels(pid, body.get("labels") or [])
+        try:
+            self._add_labels(pid, body.get("labels") or [])
+        except HttpError:
+            del srv.projects[pid]  # one transaction on the real server: no project without its labels
+            raise
         self._send(201, srv.project_json(srv.projects[pid]))
 
     def h_projects_get(self, pid, query, raw):
@@ -952,6 +980,16 @@ class Annotator:
 
     def labels(self, task_id: int) -> dict[str, int]:
         return {lab.name: lab.id for lab in self.client.tasks.retrieve(task_id).get_labels()}
+
+    def project_labels(self, project_id: int) -> dict[str, dict]:
+        """name -> {id, color, type} of a project's labels, as the SDK reads them."""
+        labels = self.client.projects.retrieve(project_id).get_labels()
+        return {lab.name: {"id": lab.id, "color": lab.color, "type": lab.type} for lab in labels}
+
+    def update_project_labels(self, project_id: int, labels: list[dict]) -> None:
+        """PATCH /api/projects/{id} {"labels": [...]} through the SDK (add: no id; change or delete: with id)."""
+        request = models.PatchedProjectWriteRequest(labels=[models.PatchedLabelRequest(**lab) for lab in labels])
+        self.client.projects.retrieve(project_id).update(request)
 
     def frame_size(self, task_id: int, frame: int) -> tuple[int, int]:
         f = self.client.tasks.retrieve(task_id).get_frames_info()[frame]

@@ -33,8 +33,12 @@ def make_infer_outputs(
     seed: int = 0,
     failed: int = 0,
     prefix: str = "rec",
+    review_regions: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Write `n` ok records (+ `failed` failed ones) under run/infer; return {id: mask}. Ids are `{prefix}{i:04d}`."""
+    """Write `n` ok records (+ `failed` failed ones) under run/infer; return {id: mask}. Ids are `{prefix}{i:04d}`.
+
+    `review_regions`: each manifest line gets two "review here" boxes [x0, y0, x1, y1] (the second one reaches
+    past the bottom-right corner, which upload clips), as inference writes them (contract C3)."""
     rng = np.random.default_rng(seed)
     names = names or CLASS_NAMES
     classes = make_classes(names, CLASS_COLORS)
@@ -48,7 +52,10 @@ def make_infer_outputs(
         write_image(infer / "images" / f"{rid}.jpg", img, 90)
         write_mask(infer / "masks" / f"{rid}.png", mask, classes)
         masks[rid] = mask
-        lines.append({"id": rid, "image": f"infer/images/{rid}.jpg", "mask": f"infer/masks/{rid}.png", "status": "ok"})
+        line = {"id": rid, "image": f"infer/images/{rid}.jpg", "mask": f"infer/masks/{rid}.png", "status": "ok"}
+        if review_regions:
+            line["review_regions"] = [[2 + i, 3, 20 + i, 25], [w - 10, h - 8, w + 5, h + 5]]
+        lines.append(line)
     for i in range(failed):
         lines.append({"id": f"bad{i}", "image": None, "mask": None, "status": "failed", "reason": "unreadable image"})
     write_classes(infer / "masks", classes)

@@ -3,18 +3,22 @@
 
 
 def upload_inputs(wildcards):
-    inputs = {"manifest": rp(wildcards, "infer/manifest.jsonl")}
+    """infer/'s manifest, the round's class set (input `classes`, classes.smk; none for a round built before class
+    sets: the stage then labels with infer/masks' classes) and the selection when one applies."""
+    inputs = {"manifest": rp(wildcards, "infer/manifest.jsonl"), **classes_input(wildcards)}
     if selection_applies(rcfg(wildcards)):
         inputs["selection"] = rp(wildcards, "select/selection.json")
     return inputs
 
 
 def download_inputs(wildcards):
-    """The upload receipt only when the tasks come from it (not with cvat_download.task_ids / project_id)."""
+    """The upload receipt and the class set only when the tasks come from the upload. With cvat_download.task_ids /
+    project_id nothing: that works in a fresh round (no query to build a class set from); the stage still reads
+    {run}/classes.json when the round has one."""
     dl = rcfg(wildcards)["cvat_download"]
     if dl.get("task_ids") or dl.get("project_id"):
         return {}
-    return {"receipt": rp(wildcards, "cvat/upload.json")}
+    return {"receipt": rp(wildcards, "cvat/upload.json"), **classes_input(wildcards)}
 
 
 rule upload_cvat:

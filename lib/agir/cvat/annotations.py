@@ -16,6 +16,7 @@ import numpy as np
 from cvat_sdk.core.downloading import Downloader
 from tqdm import tqdm
 
+from agir.cvat import REVIEW_LABEL
 from agir.cvat.client import CvatSession
 from agir.cvat.decode import decode_archive, rasterise, shapes_by_frame
 from agir.cvat.receipts import cvat_dir
@@ -88,6 +89,12 @@ def download_task(
     labels = session.list_all(f"list labels of task {task_id}", api.labels_api.list, task_id=task_id)
     index_by_label = {int(lab["id"]): index_by_name.get(lab["name"], IGNORE) for lab in labels}
     name_by_label = {int(lab["id"]): lab["name"] for lab in labels}
+    # review hints are never part of a mask: their shapes are left out before painting
+    review_ids = {int(lab["id"]) for lab in labels if lab["name"] == REVIEW_LABEL}
+    if review_ids and fmt != "api":
+        log.info("task %s has %r hints, which a %s export would paint into the masks; decoding it through the API",
+                 task_id, REVIEW_LABEL, fmt)
+        fmt = "api"
     meta = session.call(f"read frames of task {task_id}", api.tasks_api.retrieve_data_meta, task_id)
     frames = meta.get("frames") or []
     deleted = {int(f) for f in meta.get("deleted_frames") or []}
@@ -118,7 +125,7 @@ def download_task(
         w, h = int(f["width"]), int(f["height"])
         try:
             if archive_masks is None:
-                shapes = by_frame.get(i, [])
+                shapes = [s for s in by_frame.get(i, []) if int(s["label_id"]) not in review_ids]
                 for s in shapes:
                     if not s.get("outside"):
                         lname = name_by_label.get(int(s["label_id"]), str(s["label_id"]))

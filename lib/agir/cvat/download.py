@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from agir.cvat import REVIEW_LABEL
 from agir.cvat.annotations import download_task
 from agir.cvat.client import CvatSession, session_from_config
 from agir.cvat.gate import (  # noqa: F401 - re-exported: the download's public names stay importable from here
@@ -35,7 +36,7 @@ from agir.cvat.gate import (  # noqa: F401 - re-exported: the download's public 
     task_state,
     touched,
 )
-from agir.cvat.receipts import cvat_dir, load_batches, update_metrics
+from agir.cvat.receipts import cvat_dir, load_batches, round_classes, update_metrics
 from agir.logs import get_logger
 from agir.masks import color_for_name, make_classes, read_classes, write_classes
 from agir.runs import read_json, write_json
@@ -48,20 +49,37 @@ RECEIPT_VERSION = 2
 # ---------------------------------------------------------------- classes of the annotations folder
 
 
-def folder_classes(batches: Sequence[Mapping], labels: list[dict]) -> list[dict]:
-    """The newest batch's classes first (same indices as its pre-labels), then other batches', then other labels."""
+def folder_classes(batches: Sequence[Mapping], labels: list[dict], round_set: Sequence[Mapping] | None = None) -> list[dict]:
+    """The classes of cvat/annotations/masks/classes.json; the label `review` (hints) is never a class.
+
+    With the round's class set: its classes with their indices, then any other class of the batches or label of the
+    tasks, appended with a WARNING (people's labels are never dropped). Without one (rounds built before class sets):
+    the newest batch's classes first (same indices as its pre-labels), then other batches', then other labels.
+    """
     names: list[str] = []
     colors: dict[str, Any] = {}
     for b in reversed(batches):
         for c in b.get("classes") or []:
-            if c["name"] not in names:
+            if c["name"] not in names and c["name"] != REVIEW_LABEL:
                 names.append(c["name"])
                 colors[c["name"]] = c.get("color")
     for lab in labels:
-        if lab["name"] not in names:
+        if lab["name"] not in names and lab["name"] != REVIEW_LABEL:
             names.append(lab["name"])
             colors[lab["name"]] = lab.get("color") or color_for_name(lab["name"])
-    return make_classes(names, colors)
+    if round_set is None:
+        return make_classes(names, colors)
+    out = [{"index": int(c["index"]), "name": str(c["name"]), "color": c.get("color") or color_for_name(str(c["name"]))}
+           for c in sorted(round_set, key=lambda c: int(c["index"]))]
+    known = {c["name"] for c in out}
+    extra = [n for n in names if n not in known]
+    if extra:
+        start = max((c["index"] for c in out), default=0) + 1
+        out += [{"index": start + i, "name": n, "color": colors.get(n) or color_for_name(n)} for i, n in enumerate(extra)]
+        log.warning("CVAT label(s) %s are not in the round's class set; kept, appended as class(es) %s of "
+                    "cvat/annotations/masks/classes.json", ", ".join(repr(n) for n in extra),
+                    ", ".join(str(start + i) for i in range(len(extra))))
+    return out
 
 
 # ---------------------------------------------------------------- the stage
@@ -81,15 +99,23 @@ def _outputs_exist(run: Path, entry: Mapping) -> bool:
 
 
 def run_download_stage(
-    cfg: Mapping[str, Any], run: str | os.PathLike, refresh: bool = False, *, session: CvatSession | None = None
+    cfg: Mapping[str, Any],
+    run: str | os.PathLike,
+    refresh: bool = False,
+    *,
+    session: CvatSession | None = None,
+    classes: str | os.PathLike | Sequence[Mapping] | None = None,
 ) -> dict:
     """Download refined annotations of this round; writes cvat/annotations/, cvat/download.json, metrics["download"].
 
     Needs no cvat/upload.json when cvat_download.task_ids or project_id is set (the upload receipts are still
     used, when present, to map frames to record ids and to find the uploaded images and pre-labels).
+    `classes`: the round's class set (the rule's input `{run}/classes.json`, or a class list), which orders the
+    classes of cvat/annotations/masks/classes.json; without it `{run}/classes.json` when present.
     """
     t0 = time.perf_counter()
     run = Path(run)
+    round_set = round_classes(run, classes)
     dcfg = cfg.get("cvat_download") or {}
     refresh = bool(refresh or dcfg.get("refresh", False))
     fmt = dcfg.get("format", "api") or "api"
@@ -119,7 +145,7 @@ def run_download_stage(
             for lab in session.list_all(f"list labels of task {tid}", session.api.labels_api.list, task_id=tid):
                 if lab["name"] not in {x["name"] for x in labels} and not lab.get("parent_id"):
                     labels.append(lab)
-        classes = folder_classes(batches, labels)
+        classes = folder_classes(batches, labels, round_set)
         same_classes = [(c["index"], c["name"]) for c in prev.get("classes", [])] == [(c["index"], c["name"]) for c in classes]
         same_format = prev.get("format") == fmt
         prev_tasks = {int(k): v for k, v in (prev.get("tasks") or {}).items()}

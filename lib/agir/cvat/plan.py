@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agir.cvat import REVIEW_COLOR, REVIEW_LABEL
 from agir.errors import AgirError
 from agir.logs import get_logger
-from agir.masks import read_classes
+from agir.masks import color_for_name, read_classes
 from agir.runs import read_jsonl
 
 log = get_logger("cvat.upload")
@@ -29,10 +30,34 @@ def _sha1_file(path: Path) -> str:
 def upload_settings(cfg: Mapping[str, Any]) -> dict:
     """The settings that change what lands in CVAT (part of every task fingerprint)."""
     up = cfg.get("cvat_upload") or {}
-    return {
+    out = {
         k: up.get(k)
         for k in ("segment_size", "image_quality", "shape", "instances", "polygon_tolerance", "task_options", "data_options")
     }
+    if up.get("review_hints"):
+        # only when on: the fingerprints of tasks uploaded before the key existed stay the same
+        out["review_hints"] = True
+    return out
+
+
+def project_label_specs(round_classes: Sequence[Mapping] | None, mask_classes: Sequence[Mapping], hints: bool) -> list[dict]:
+    """The labels the CVAT project must have: the round's class set (index order), then any pre-label class missing
+    from it (WARNING), then `review` when hints are on. A class may not be named `review` (download ignores it)."""
+    specs: list[dict] = []
+    for c in sorted(round_classes or [], key=lambda c: int(c["index"])):
+        specs.append({"name": str(c["name"]), "color": c.get("color") or color_for_name(str(c["name"])), "type": "any"})
+    names = {s["name"] for s in specs}
+    extra = [c for c in mask_classes if c["name"] not in names]
+    if extra and round_classes is not None:
+        log.warning("pre-label class(es) %s are not in the round's class set; adding them as CVAT labels too",
+                    ", ".join(c["name"] for c in extra))
+    specs += [{"name": c["name"], "color": c.get("color") or color_for_name(c["name"]), "type": "any"} for c in extra]
+    if any(s["name"] == REVIEW_LABEL for s in specs):
+        raise AgirError(f"a class is named {REVIEW_LABEL!r}, the label of review hints that download ignores; rename it "
+                        "(classes.names) so its annotations are kept")
+    if hints:
+        specs.append({"name": REVIEW_LABEL, "color": REVIEW_COLOR, "type": "rectangle"})
+    return specs
 
 
 def selected_ids(cfg: Mapping[str, Any], run: Path) -> list[str] | None:
@@ -77,7 +102,7 @@ def collect_frames(run: Path, only: list[str] | None = None) -> tuple[list[dict]
             skipped.append({"id": rid, "reason": f"missing {', '.join(missing)} under {infer}"})
             continue
         seen.add(rid)
-        frame = {"id": rid, "name": image.name, "image": image, "mask": mask}
+        frame = {"id": rid, "name": image.name, "image": image, "mask": mask, "review_regions": rec.get("review_regions") or []}
         if rec.get("image_id") not in (None, "", rid):
             frame["image_id"] = str(rec["image_id"])
         frames.append(frame)
@@ -90,7 +115,9 @@ def collect_frames(run: Path, only: list[str] | None = None) -> tuple[list[dict]
 
 def plan_tasks(frames: list[dict], cfg: Mapping[str, Any], classes: list[dict]) -> list[dict]:
     size = int((cfg.get("cvat_upload") or {}).get("max_frames_per_task", 50))
-    settings = json.dumps(upload_settings(cfg), sort_keys=True, default=str)
+    settings_map = upload_settings(cfg)
+    hints = bool(settings_map.get("review_hints"))
+    settings = json.dumps(settings_map, sort_keys=True, default=str)
     class_key = json.dumps([(c["index"], c["name"]) for c in classes])
     plans = []
     for n, start in enumerate(range(0, len(frames), size), start=1):
@@ -99,6 +126,8 @@ def plan_tasks(frames: list[dict], cfg: Mapping[str, Any], classes: list[dict]) 
         for f in chunk:
             f["image_sha1"], f["mask_sha1"] = _sha1_file(f["image"]), _sha1_file(f["mask"])
             h.update(f"{f['id']}|{f['image_sha1']}|{f['mask_sha1']}\n".encode())
+            if hints:
+                h.update(f"review {json.dumps(f.get('review_regions') or [])}\n".encode())
         plans.append({"n": n, "frames": chunk, "fingerprint": h.hexdigest()[:20]})
     return plans
 

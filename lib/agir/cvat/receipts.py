@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agir.classes import ROUND_CLASSES, class_list, read_round_classes
 from agir.errors import AgirError
 from agir.logs import get_logger
 from agir.runs import file_lock, read_json, write_json
@@ -25,6 +26,18 @@ RECEIPT_VERSION = 2
 
 def cvat_dir(run: Path) -> Path:
     return Path(run) / "cvat"
+
+
+def round_classes(run: Path, classes: str | os.PathLike | Sequence[Mapping] | None = None) -> list[dict] | None:
+    """The round's class set (contract C1) as `[{index, name, color}]`: `classes` is the rule's input `classes`
+    (a path) or a class list; without it `{run}/classes.json` when the round has one, else None (a round built
+    before class sets: callers use the pre-labels' own classes)."""
+    if classes is not None and not isinstance(classes, (str, os.PathLike)):
+        return [dict(c) for c in classes]
+    path = Path(classes) if classes is not None else Path(run) / ROUND_CLASSES
+    if classes is None and not path.exists():
+        return None
+    return class_list(read_round_classes(path))
 
 
 def update_metrics(run: Path, key: str, values: Mapping[str, Any]) -> Path:
@@ -108,7 +121,7 @@ def combined_receipt(batches: Sequence[Mapping]) -> dict:
     batches = sorted(batches, key=lambda b: int(b["batch"]))
     newest = batches[-1]
     current = {int(b["batch"]) for b in current_batches(batches)}
-    keys = ("server", "server_version", "organization", "project_id", "project_name", "labels", "classes",
+    keys = ("server", "server_version", "organization", "project_id", "project_name", "labels", "classes", "round_classes",
             "revision", "inputs_fingerprint", "settings", "complete")
     return {
         "version": RECEIPT_VERSION,

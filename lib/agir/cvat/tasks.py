@@ -27,8 +27,21 @@ DATA_OPTION_KEYS = ("chunk_size", "use_cache", "copy_data", "use_zip_chunks", "s
 # ---------------------------------------------------------------- project and labels
 
 
-def ensure_project(session: CvatSession, cfg: Mapping[str, Any], classes: Sequence[Mapping]) -> tuple[dict, dict[str, int]]:
-    """The project (by id, or get-or-create by name) with every class as a label; returns (project, name->label id)."""
+def _label_request(c: Mapping) -> models.PatchedLabelRequest:
+    return models.PatchedLabelRequest(name=c["name"], color=c["color"], type=c.get("type") or "any")
+
+
+def ensure_project(
+    session: CvatSession, cfg: Mapping[str, Any], classes: Sequence[Mapping]
+) -> tuple[dict, dict[str, int], list[str]]:
+    """The project (by id, or get-or-create by name) with every class as a label.
+
+    Returns (project, label name -> id for every label of the project, names of the labels this call added).
+
+    `classes`: `{name, color[, type]}` per label. Missing labels are added to an existing project with one partial
+    update carrying only the new labels (no ids), the way CVAT 2.x adds labels: existing labels keep their ids and
+    colours, nothing is renamed or deleted.
+    """
     api = session.api
     ccfg = cfg.get("cvat") or {}
     if ccfg.get("project_id"):
@@ -46,24 +59,24 @@ def ensure_project(session: CvatSession, cfg: Mapping[str, Any], classes: Sequen
         else:
             spec = models.ProjectWriteRequest(
                 name=name,
-                labels=[models.PatchedLabelRequest(name=c["name"], color=c["color"], type="any") for c in classes],
+                labels=[_label_request(c) for c in classes],
             )
             project = session.call(f"create project {name!r}", api.projects_api.create, spec)
-            log.info("created CVAT project %s (%s)", project["id"], name)
+            log.info("created CVAT project %s (%s) with labels %s", project["id"], name, ", ".join(c["name"] for c in classes))
+            return project, project_labels(session, int(project["id"])), [c["name"] for c in classes]
     labels = project_labels(session, int(project["id"]))
     missing = [c for c in classes if c["name"] not in labels]
     if missing:
         # adding labels through a partial update never deletes or renames the existing ones
-        spec = models.PatchedProjectWriteRequest(
-            labels=[models.PatchedLabelRequest(name=c["name"], color=c["color"], type="any") for c in missing]
-        )
+        spec = models.PatchedProjectWriteRequest(labels=[_label_request(c) for c in missing])
         session.call(f"add labels to project {project['id']}", api.projects_api.partial_update, int(project["id"]), patched_project_write_request=spec)
-        log.info("added labels %s to project %s", ", ".join(c["name"] for c in missing), project["id"])
+        log.info("CVAT project %s: added labels %s (existing labels kept: %s)", project["id"],
+                 ", ".join(c["name"] for c in missing), ", ".join(labels) or "none")
         labels = project_labels(session, int(project["id"]))
         still = [c["name"] for c in missing if c["name"] not in labels]
         if still:
             raise AgirError(f"CVAT {session.host}: project {project['id']} did not accept labels {still}; check your rights on it")
-    return project, labels
+    return project, labels, [c["name"] for c in missing]
 
 
 def project_labels(session: CvatSession, project_id: int) -> dict[str, int]:

@@ -26,18 +26,20 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from agir.cvat import REVIEW_LABEL
 from agir.cvat.client import CvatSession, session_from_config
 from agir.cvat.plan import (
     base_task_name,
     choose_batch,
     collect_frames,
     plan_tasks,
+    project_label_specs,
     selected_ids,
     task_name,
     upload_settings,
@@ -56,6 +58,7 @@ from agir.cvat.receipts import (  # noqa: F401 - re-exported: the upload's publi
     frames_key,
     keep_uploaded,
     load_batches,
+    round_classes,
     update_metrics,
     uploaded_dir,
 )
@@ -77,19 +80,29 @@ from agir.runs import file_lock, write_json
 log = get_logger("cvat.upload")
 
 
-def run_upload_stage(cfg: Mapping[str, Any], run: str | os.PathLike, *, session: CvatSession | None = None) -> dict:
+def run_upload_stage(
+    cfg: Mapping[str, Any],
+    run: str | os.PathLike,
+    *,
+    session: CvatSession | None = None,
+    classes: str | os.PathLike | Sequence[Mapping] | None = None,
+) -> dict:
     """Upload this round's inference outputs to CVAT as one batch.
 
+    `classes`: the round's class set (the rule's input `{run}/classes.json`, or a class list); every class becomes
+    a project label. Without it `{run}/classes.json` when present, else the pre-labels' classes (infer/masks).
     Writes cvat/batches/{k:03d}.json, the combined cvat/upload.json, cvat/uploaded/ and cvat/metrics.json["upload"].
     """
     run = Path(run)
     with file_lock(cvat_dir(run) / ".upload.lock"):
-        return _upload(cfg, run, session)
+        return _upload(cfg, run, session, round_classes(run, classes))
 
 
-def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None) -> dict:
+def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None, round_set: list[dict] | None) -> dict:
     t_start = time.perf_counter()
     frames, classes, skipped = collect_frames(run, selected_ids(cfg, run))
+    hints = bool((cfg.get("cvat_upload") or {}).get("review_hints"))
+    label_specs = project_label_specs(round_set, classes, hints)
     plans = plan_tasks(frames, cfg, classes)
     receipt_path = cvat_dir(run) / "upload.json"
     batches = load_batches(run)
@@ -103,9 +116,10 @@ def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None) -> d
     session = session or session_from_config(cfg)
     try:
         http0, req0 = session.http_seconds, session.requests
-        project, labels = ensure_project(session, cfg, classes)
+        project, labels, labels_added = ensure_project(session, cfg, label_specs)
         pid = int(project["id"])
         label_by_index = {int(c["index"]): labels[c["name"]] for c in classes}
+        review_label = labels[REVIEW_LABEL] if hints else None
         fingerprint = hashlib.sha256("".join(p["fingerprint"] for p in plans).encode()).hexdigest()[:20]
         record_ids = [f["id"] for f in frames]
         key = frames_key(record_ids)
@@ -125,7 +139,8 @@ def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None) -> d
             "project_id": pid,
             "project_name": project.get("name"),
             "labels": labels,
-            "classes": classes,
+            "classes": classes,  # the pre-labels' classes (indices of the kept masks under cvat/uploaded/)
+            "round_classes": round_set,
             "record_ids": record_ids,
             "frames_key": key,
             "inputs_fingerprint": fingerprint,
@@ -176,7 +191,7 @@ def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None) -> d
                 tid = create_task(session, cfg, pid, name, plan["frames"])
                 counts["created"] += 1
                 verify_order(session, tid, expected)
-            stats = upload_annotations(session, cfg, tid, plan["frames"], label_by_index, timing)
+            stats = upload_annotations(session, cfg, tid, plan["frames"], label_by_index, timing, review_label)
             shapes_total += stats["shapes"]
             bytes_total += stats["bytes"] + sum(f["image"].stat().st_size for f in plan["frames"])
             entry = {
@@ -190,6 +205,7 @@ def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None) -> d
                 "frames": frame_entries(run, plan["frames"]),
                 "jobs": task_jobs(session, tid),
                 "shapes": stats["shapes"],
+                "review_boxes": stats.get("review_boxes", 0),
             }
             batch["tasks"].append(entry)
             # the receipts after each task: a crash later never orphans this one
@@ -222,6 +238,8 @@ def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None) -> d
         "skipped": skipped,
         "shapes": sum(t.get("shapes", 0) for t in batch["tasks"]),
         "shapes_sent": shapes_total,
+        "review_boxes": sum(t.get("review_boxes", 0) for t in batch["tasks"]),
+        "labels_added": labels_added,
         "bytes": bytes_total,
         "requests": nreq,
         "seconds": round(seconds, 3),

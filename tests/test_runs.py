@@ -37,6 +37,20 @@ def test_jsonl_roundtrip_and_torn_line(tmp_path):
     assert runs.read_jsonl(tmp_path / "none.jsonl", missing_ok=True) == []
 
 
+def test_journal_lines_are_read_back_at_once_but_fsynced_at_most_once_a_second(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(runs.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    journal = tmp_path / "journal.jsonl"
+    for i in range(50):
+        runs.append_jsonl(journal, {"id": i})
+    assert [r["id"] for r in runs.read_jsonl(journal)] == list(range(50))  # a killed process loses no line
+    assert len(synced) == 1  # 50 quick lines: one fsync, not 50
+    for i in range(3):
+        runs.append_jsonl(tmp_path / "every.jsonl", {"id": i}, sync_seconds=0)
+    assert len(synced) == 4
+
+
 def test_json_handles_numpy(tmp_path):
     import numpy as np
 

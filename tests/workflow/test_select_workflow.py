@@ -60,11 +60,13 @@ def test_selection_stage_reruns_filters_upload_and_excludes_annotated(built_copy
     # db_masks: round 2's selection entered its dataset; round 3 does not choose those images again
     save_round(built_copy, R2, ROUND)
     run_snakemake(built_copy, str(R2 / "dataset" / "index.csv"))
-    save_round(built_copy, R3, {**ROUND, "select": {"strategy": "margin", "n": 2}})
+    # class_balanced weighs species by round 2's labelled set (its dataset/stats.json, a rule input)
+    save_round(built_copy, R3, {**ROUND, "select": {"strategy": "class_balanced", "n": 2}})
     run_snakemake(built_copy, str(R3 / "select" / "selection.json"))
     sel2 = json.loads((built_copy / R2 / "select" / "selection.json").read_text())
     sel3 = json.loads((built_copy / R3 / "select" / "selection.json").read_text())
     assert sel3["excluded"]["count"] >= 2
+    assert sel3["class_freq_source"] == "round_002/dataset/stats.json"
     assert not set(sel3["selected"]) & set(sel2["selected"])
 
 

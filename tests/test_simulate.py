@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from agir.errors import AgirError
-from agir.simulate import SimConfig, build_parser, changed_fraction, config_from_args, format_lines, images_to_reach, main
+from agir.simulate import (
+    SimConfig,
+    build_parser,
+    changed_fraction,
+    config_from_args,
+    format_lines,
+    images_to_reach,
+    main,
+)
 from agir.simulate.config import available_defaults
 from agir.simulate.effort import effort, hinted_correction
 from agir.simulate.model import round_classes

@@ -121,3 +121,25 @@ def test_a_missing_checkpoint_path_is_a_clear_error(tmp_path):
     make_dataset(run, {"train": 1}, size=32)
     with pytest.raises(AgirError, match=r"train.init=.*nope.pth not found; set train.init"):
         run_train_stage(cfg_for(tmp_path, "round_001", init=str(tmp_path / "nope.pth")), run, progress=False)
+
+
+def test_a_second_species_in_the_same_run_folder_starts_from_its_earlier_model(tmp_path, caplog):
+    """The old tool's Example 2: a second query into the same round, then `train` again."""
+    import shutil
+
+    run = tmp_path / "runs" / "demo" / "round_001"
+    make_dataset(run, {"train": 2, "val": 1}, size=32, names=["barley"])
+    cfg = cfg_for(tmp_path, "round_001", epochs=1, crop_size=32)
+    assert run_train_stage(cfg, run, progress=False)["init"]["line"].startswith("from scratch: no earlier round")
+    shutil.rmtree(run / "dataset")
+    make_dataset(run, {"train": 2, "val": 1}, size=32, names=["barley", "cereal rye"], seed=1)
+    (run / "model/best.pth").unlink()  # Snakemake removes a job's outputs before it runs
+    with caplog.at_level(logging.INFO, logger="agir"):
+        metrics = run_train_stage(cfg, run, progress=False)
+    line = ("initialised from round_001/model/best.ckpt (this round's model before its class set grew): "
+            "kept 1 class (barley), new head rows for 1 (cereal rye)")
+    assert metrics["init"] == {"setting": "previous", "path": str(run / "model/best.ckpt"), "line": line}
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("train: ")] == [f"train: {line}"]
+    # the same classes with another setting: a plain retraining, from scratch as before
+    again = run_train_stage({**cfg, "train": {**cfg["train"], "lr": 1e-3}}, run, progress=False)
+    assert again["init"]["line"].startswith("from scratch: ")

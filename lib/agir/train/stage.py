@@ -18,6 +18,8 @@ default `null` starts from random weights and needs nothing.
 Where training starts (`train.init`, agir.train.init): by default from the newest earlier round's
 `model/best.pth`, its head widened to this round's class set by `agir.checkpoint.transfer_weights`
 (old classes' rows copied by name, new classes' rows fresh), or from scratch when it does not fit.
+Without an earlier round, a retraining whose class set grew (a second species queried into the same
+run folder) starts from the folder's own earlier model (`own_earlier_model`).
 One INFO line says which; metrics.json and best.pth's config record it under `init`. A resumed run
 keeps the record of the run it continues (init applies only to a fresh start).
 """
@@ -62,7 +64,7 @@ from agir.train.datamodule import (
     load_dataset_info,
     pad_collate,
 )
-from agir.train.init import display_name, init_choice
+from agir.train.init import PREVIOUS, display_name, init_choice
 from agir.train.module import MONITOR, SegModule
 from agir.train.plots import plot_curves, plot_predictions
 
@@ -258,11 +260,40 @@ def _checked_init(choice: Mapping[str, Any]) -> tuple[dict[str, Any], str | None
     return choice, checkpoint_fingerprint(path)
 
 
+def own_earlier_model(model_dir: Path, classes: list[str]) -> dict | None:
+    """This round's model from before its class set grew (model/best.ckpt, Lightning's best epoch), loaded.
+
+    The old tool's Example 2 queries a second species into the same run folder and trains again: with
+    `train.init: previous` and no earlier round, that retraining starts from the folder's own earlier
+    model (best.pth itself is gone: Snakemake removes a job's outputs before it runs). Only when the
+    class set grew (a strict superset): a retraining with other settings still starts from scratch.
+    """
+    best = model_dir / "best.ckpt"
+    if not best.is_file():
+        return None
+    try:
+        source = load_checkpoint(best)
+    except AgirError as exc:
+        log.warning("%s unreadable (%s); not used as a starting model", best, exc)
+        return None
+    old = {str(c).strip().lower() for c in source["classes"]}
+    if not old < {str(c).strip().lower() for c in classes}:
+        return None
+    return source
+
+
 def initialise(module: SegModule, choice: Mapping[str, Any], classes: list[str], tcfg: Mapping[str, Any],
-               project: Path) -> str:
-    """Start `module.model` from the chosen checkpoint (head widened by class name) or from scratch; the one line."""
+               project: Path, source: Mapping[str, Any] | None = None) -> str:
+    """Start `module.model` from the chosen checkpoint (head widened by class name) or from scratch; the one line.
+
+    `source`: an already loaded checkpoint to start from (this round's own earlier model), else choice's path.
+    """
     line = f"from scratch: {choice.get('why') or 'no starting model'}"
-    if choice.get("path"):
+    if source is not None:
+        source = {**source, "name": f"{display_name(source['path'], project)} (this round's model before its "
+                                    "class set grew)"}
+        line = transfer_weights(module.model, source, classes, head="softmax")
+    elif choice.get("path"):
         try:
             source = load_checkpoint(choice["path"])
         except AgirError as exc:
@@ -385,15 +416,19 @@ def run_train_stage(
     }
     last = model_dir / "last.ckpt"
     ckpt_path, resumed_meta = _resume_path(last, fingerprint, bool(tcfg["resume"]) if resume is None else resume)
+    own = None
     if ckpt_path is None:
+        if choice.get("setting") == PREVIOUS and not choice.get("path"):
+            own = own_earlier_model(model_dir, info.class_names)  # read before it is deleted below
         # stale checkpoints would make ModelCheckpoint write best-v1.ckpt and confuse resume
         for stale in (last, model_dir / "best.ckpt"):
             stale.unlink(missing_ok=True)
 
     module = SegModule(meta)
     if ckpt_path is None:
-        line = initialise(module, choice, info.class_names, tcfg, run.parent)
-        init_record = {"setting": choice.get("setting"), "path": choice.get("path"), "line": line}
+        line = initialise(module, choice, info.class_names, tcfg, run.parent, source=own)
+        init_record = {"setting": choice.get("setting"), "path": own["path"] if own else choice.get("path"),
+                       "line": line}
         log.info("train: %s", line)
     else:  # the weights come from last.ckpt; the record is that of the run being continued
         init_record = dict(resumed_meta.get("init") or {"setting": choice.get("setting"), "path": choice.get("path"),

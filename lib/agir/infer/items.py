@@ -90,15 +90,17 @@ def items_from_records(records: Sequence[Mapping], cfg: Mapping, mode: str) -> l
     items: list[Item] = []
     if mode == "cutout":
         by_image = recs.group_by_image(records, cfg)
+        # each record's box and class parsed once: every cutout of an image lists the image's other boxes
+        parsed = {id(r): (recs.bbox_xywh(r), recs.class_for_record(r, cfg)) for r in records}
         for rec in records:
             rid = _record_id(rec, cfg)
             iid = recs.image_id(rec, cfg)
             others = [r for r in by_image.get(iid, []) if r is not rec]
-            boxes = [(recs.bbox_xywh(r), recs.class_for_record(r, cfg)) for r in others if recs.bbox_xywh(r)]
-            boxes.append((recs.bbox_xywh(rec), recs.class_for_record(rec, cfg)))
+            boxes = [parsed[id(r)] for r in others if parsed[id(r)][0]]
+            boxes.append(parsed[id(rec)])
             item = Item(len(items), file_stem(rid), None, iid, [rid], boxes=boxes, target=len(boxes) - 1,
                         fullres=_fullres(rec))
-            if recs.bbox_xywh(rec) is None:
+            if parsed[id(rec)][0] is None:
                 item.error = (f"record {rid}: bbox_xywh missing or invalid; cutout mode needs one "
                               "(or use image_mode=full_image)")
             _resolve_source(item, rec, cfg)

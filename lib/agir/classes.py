@@ -229,10 +229,9 @@ def _checkpoint_path(cfg: Mapping[str, Any], ckpt: str | None, prelabeler: str |
 def checkpoint_class_names(path: str | os.PathLike, cfg: Mapping[str, Any],
                            records: Sequence[Mapping] | None = None) -> list[str]:
     """The classes of a checkpoint, read the way inference reads it (old-tool models described by config)."""
-    from agir.infer.backends import _load, wanted_class_names  # torch: only when a model is involved
+    from agir.infer.backends import checkpoint_classes  # torch: only when a model is involved
 
-    model = ((cfg.get("seg_inference") or {}).get("model") or {})
-    return [str(n) for n in _load(Path(path), model, wanted_class_names(cfg, records))["classes"]]
+    return checkpoint_classes(path, cfg, records)
 
 
 def build_round_classes(

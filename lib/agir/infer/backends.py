@@ -67,6 +67,13 @@ def _load(path: Path, describe: Mapping | None, class_names: Sequence[str] | Non
     return load_checkpoint(path, **kwargs)
 
 
+def checkpoint_classes(path: str | Path, cfg: Mapping, records: Sequence[Mapping] | None = None) -> list[str]:
+    """The class names of the checkpoint at `path`, read as inference reads it (old-tool models described by
+    seg_inference.model and named by classes.names or the records)."""
+    model = (cfg.get("seg_inference") or {}).get("model") or {}
+    return [str(n) for n in _load(Path(path), model, wanted_class_names(cfg, records))["classes"]]
+
+
 class ModelBackend(Backend):
     name = "model"
 

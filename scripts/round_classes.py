@@ -11,5 +11,5 @@ run_rule(
     query=snakemake.input.query if "query" in given else None,
     ckpt=snakemake.input.ckpt if "ckpt" in given else None,
     prelabeler=snakemake.input.prelabeler if "prelabeler" in given else None,
-    earlier=list(snakemake.input.earlier) if "earlier" in given else [],
+    earlier=list(snakemake.params.earlier),
 )

@@ -14,6 +14,7 @@ from agir.classes import (
     class_list,
     class_names,
     class_set_sources,
+    earlier_class_lists,
     read_class_entries,
     read_round_classes,
     round_class_set,
@@ -139,7 +140,7 @@ def test_build_from_earlier_round_records_and_checkpoint(tmp_path, caplog):
     write_json(run / "query" / "query.json", [rec("c1", "cereal rye", "#aabbcc"), rec("c2", "cereal rye")])
     caplog.set_level("INFO")
     doc = build_round_classes(cfg, run, query=run / "query" / "query.json", ckpt=ckpt,
-                              earlier=class_set_sources([r1]))
+                              earlier=earlier_class_lists([r1]))
     saved = read_round_classes(run)
     assert saved == json.loads(json.dumps(doc))
     assert class_list(saved) == [{"index": 1, "name": "barley", "color": "#d66edd"},
@@ -176,8 +177,11 @@ def test_rounds_built_before_class_sets_fall_back_to_their_dataset_and_mask_clas
     assert sources == [str(old / "dataset" / "classes.json"), str(old / "infer" / "masks" / "classes.json"),
                        str(newer / ROUND_CLASSES)]
     assert [c["name"] for c in read_class_entries(sources[2])] == ["maize", "soybean", "barley"]
+    # one list per round: round_001's two files merged (dataset first), round_002's set
+    lists = earlier_class_lists([old, newer, tmp_path / "p" / "nothing"])
+    assert [[c["name"] for c in lst] for lst in lists] == [["maize", "soybean"], ["maize", "soybean", "barley"]]
     write_json(run / "query" / "query.json", [rec("x", "alfalfa")])
-    doc = build_round_classes(cfg, run, query=run / "query" / "query.json", earlier=sources)
+    doc = build_round_classes(cfg, run, query=run / "query" / "query.json", earlier=lists)
     assert class_names(doc) == ["maize", "soybean", "barley", "alfalfa"] and doc["new"] == ["alfalfa"]
     # round_001 has outputs but no set: its stages do not take one (nothing of it is rebuilt)
     assert built_before_class_sets(old) and not built_before_class_sets(newer) and not built_before_class_sets(run)
@@ -186,9 +190,17 @@ def test_rounds_built_before_class_sets_fall_back_to_their_dataset_and_mask_clas
 def test_images_round_without_records_takes_the_checkpoint_classes(tmp_path):
     cfg, run = make_run(tmp_path)
     ckpt = tiny_checkpoint(tmp_path / "m.pth", ["barley", "wheat"])
-    cfg["seg_inference"]["model"]["ckpt_path"] = str(ckpt)  # a path in config, not a rule input (own model)
-    doc = build_round_classes(cfg, run)
+    doc = build_round_classes(cfg, run, ckpt=ckpt)
     assert class_names(doc) == ["barley", "wheat"] and doc["from_records"] == []
+
+
+def test_a_round_pre_labelling_with_its_own_model_keeps_its_dataset_classes(tmp_path):
+    """The old tool's Example 2 in one run folder: its own model (not an input) knows the dataset's classes."""
+    cfg, run = make_run(tmp_path, "round_001")
+    write_classes(run / "dataset", make_classes(["barley", "weed x"]))  # preprocess appended "weed x"
+    write_json(run / "query" / "query.json", [rec("c", "cereal rye")])
+    doc = build_round_classes(cfg, run, query=run / "query" / "query.json")
+    assert class_names(doc) == ["barley", "weed x", "cereal rye"] and doc["previous"] == ["barley", "weed x"]
 
 
 def test_prelabeler_choice_names_the_checkpoint(tmp_path):
@@ -198,3 +210,15 @@ def test_prelabeler_choice_names_the_checkpoint(tmp_path):
     doc = build_round_classes(cfg, run, query=run / "query" / "query.json",
                               prelabeler=run / "infer" / "prelabeler.json")
     assert doc["checkpoint"] is None and class_names(doc) == ["rye"]
+
+
+def test_an_old_tool_state_dict_adds_no_classes_of_its_own(tmp_path):
+    import torch
+
+    from agir.checkpoint import build_model
+
+    cfg, run = make_run(tmp_path)
+    torch.save(build_model("Unet", "resnet18", 3, 2).state_dict(), tmp_path / "old.pth")
+    write_json(run / "query" / "query.json", [rec("a", "rye")])
+    doc = build_round_classes(cfg, run, query=run / "query" / "query.json", ckpt=tmp_path / "old.pth")
+    assert class_names(doc) == ["rye"] and doc["from_checkpoint"] == []

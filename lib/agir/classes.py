@@ -8,8 +8,10 @@ In species mode a round's classes are the ordered union of
 Old classes keep their indices; new ones are appended. In binary mode the set is `["plant"]`.
 
 A round's set only grows: a new query in the same run folder (several batches in one round, the old tool's
-Example 3) adds its species to the round's earlier set (`previous`) instead of replacing it. When no species
-is known at all (photos from `seg_inference.source.images` and no species model) the set is `["plant"]`.
+Example 3) adds its species to the round's earlier set (`previous`: its classes.json before, and its
+dataset/classes.json, which also covers a round pre-labelling with its own model) instead of replacing it.
+When no species is known at all (photos from `seg_inference.source.images` and no species model) the set is
+`["plant"]`.
 
 The file:
   {"mode": "species", "classes": [{"index": 1, "name": "barley", "color": "#d66edd"}, ...],
@@ -200,38 +202,52 @@ def read_class_entries(path: str | os.PathLike) -> list[dict]:
             for c in doc]
 
 
+def _merged(files: Iterable[str | os.PathLike]) -> list[dict]:
+    """One class list from several files (first occurrence of a name wins, re-indexed 1..K in that order)."""
+    seen: dict[str, dict] = {}
+    for f in files:
+        for c in sorted(read_class_entries(f), key=lambda c: c["index"]):
+            seen.setdefault(c["name"].strip().lower(), c)
+    return [{**c, "index": i} for i, c in enumerate(seen.values(), start=1)]
+
+
+def earlier_class_lists(round_dirs: Iterable[str | os.PathLike]) -> list[list[dict]]:
+    """The class list of each earlier round (oldest first) that has one (see `class_set_sources`).
+
+    The rule passes these as params, read when the workflow's DAG is built: a changed earlier set rebuilds this
+    round's, while an earlier round is never a job of this round's DAG (its settings may differ now).
+    """
+    out = []
+    for d in round_dirs:
+        files = class_set_sources([d])
+        if files:
+            out.append(_merged(files))
+    return out
+
+
 def class_set_config(cfg: Mapping[str, Any]) -> dict:
-    """The settings a round's set depends on (the rule's params: a change rebuilds the set)."""
-    sc = cfg.get("seg_inference") or {}
+    """The settings a round's set depends on (the rule's params: a change rebuilds the set). Only `classes`: the
+    checkpoint comes in as an input, and an earlier round evaluated in a later round's DAG (for its model) must
+    not look changed because the config file now names another checkpoint."""
     return {
         "project": {k: cfg["project"][k] for k in ("name", "subname")},
         "io": {"out_root": cfg["io"]["out_root"]},
         "classes": dict(cfg.get("classes") or {}),
-        "seg_inference": {"model": dict(sc.get("model") or {}),
-                          "source": {"images": (sc.get("source") or {}).get("images")}},
     }
-
-
-def _checkpoint_path(cfg: Mapping[str, Any], ckpt: str | None, prelabeler: str | None) -> str | None:
-    """The checkpoint the round pre-labels with: the rule's input, the pre-labeler's choice, or a path in config
-    (the round's own model, which is not an input)."""
-    if ckpt:
-        return str(ckpt)
-    if prelabeler:
-        chosen = read_json(prelabeler).get("chosen")
-        return None if chosen in (None, "baseline") else str(chosen)
-    path = ((cfg.get("seg_inference") or {}).get("model") or {}).get("ckpt_path")
-    if not path or str(path) in ("previous", "auto"):
-        return None
-    return str(path)
 
 
 def checkpoint_class_names(path: str | os.PathLike, cfg: Mapping[str, Any],
                            records: Sequence[Mapping] | None = None) -> list[str]:
-    """The classes of a checkpoint, read the way inference reads it (old-tool models described by config)."""
-    from agir.infer.backends import checkpoint_classes  # torch: only when a model is involved
+    """The classes a checkpoint names. An old-tool model without class names of its own ([]): inference names
+    its classes from classes.names or the records, which are in the set anyway."""
+    from agir.checkpoint import load_checkpoint  # torch: only when a model is involved
 
-    return checkpoint_classes(path, cfg, records)
+    try:
+        return [str(n) for n in load_checkpoint(path)["classes"]]
+    except AgirError as exc:
+        if "seg_inference.model.arch" in str(exc) or "classes.names" in str(exc):
+            return []
+        raise
 
 
 def build_round_classes(
@@ -242,13 +258,15 @@ def build_round_classes(
     query: str | os.PathLike | None = None,
     ckpt: str | os.PathLike | None = None,
     prelabeler: str | os.PathLike | None = None,
-    earlier: Iterable[str | os.PathLike] = (),
+    earlier: Sequence[Sequence[Mapping]] = (),
 ) -> dict:
     """Write the round's class set to `out` (default `{run}/classes.json`) and return it.
 
-    `query`: the round's query.json (None for `seg_inference.source.images` rounds); `ckpt` / `prelabeler`:
-    the rule's checkpoint input; `earlier`: earlier rounds' class files (`class_set_sources`), oldest first.
-    An existing set of this round is kept and grown (same mode only).
+    `query`: the round's query.json (None for `seg_inference.source.images` rounds and binary mode); `ckpt` /
+    `prelabeler`: the rule's checkpoint input (a round pre-labelling with its own model has none: that model's
+    classes are the round's own dataset classes, read below); `earlier`: earlier rounds' class lists
+    (`earlier_class_lists`), oldest first. The round's existing set and its dataset's classes are kept (same
+    mode only): the set grows.
     """
     from agir import records as recs
     from agir.logs import get_logger
@@ -261,34 +279,28 @@ def build_round_classes(
         records = read_json(query)
         if not isinstance(records, list):
             raise AgirError(f"{query}: expected a JSON list of records; rerun the query stage")
-    # several files of one earlier round (legacy fallbacks) are one list of that round
-    by_round: dict[Path, list[dict]] = {}
-    for f in earlier:
-        f = Path(f)
-        key = next((a for a in f.parents if a.parent == run.parent), f)  # the sibling round the file is in
-        by_round.setdefault(key, []).extend(read_class_entries(f))
-    earlier_lists = []
-    for entries in by_round.values():  # re-index a merged round: its own order, first occurrence wins
-        seen: list[dict] = []
-        for c in entries:
-            if c["name"] not in [s["name"] for s in seen]:
-                seen.append(c)
-        earlier_lists.append([{**c, "index": i} for i, c in enumerate(seen, start=1)])
     mode = (cfg.get("classes") or {}).get("mode", "species")
-    previous: list[dict] = []
+    own: list[str] = []
     if out.is_file():
         try:
-            old = read_round_classes(out)
-            if old.get("mode", "species") == mode:
-                previous = class_list(old)
+            if read_round_classes(out).get("mode", "species") == mode:
+                own.append(str(out))
         except (AgirError, ValueError) as exc:
             log.warning("classes: %s is unreadable (%s); building the round's set afresh", out, exc)
-    path = _checkpoint_path(cfg, None if ckpt is None else str(ckpt), None if prelabeler is None else str(prelabeler))
+    if mode != "binary" and (run / LEGACY_CLASS_FILES[0]).is_file():
+        own.append(str(run / LEGACY_CLASS_FILES[0]))  # names this round's annotations added (its model has them)
+    previous = _merged(own)
+    path = None
+    if ckpt:
+        path = str(ckpt)
+    elif prelabeler:
+        chosen = read_json(prelabeler).get("chosen")
+        path = None if chosen in (None, "baseline") else str(chosen)
     ckpt_names = checkpoint_class_names(path, cfg, records) if path else []
     species = [recs.class_for_record(r, cfg) for r in records] if records else []
     colors = recs.class_colors_for(records) if records else {}
-    doc = round_class_set(cfg, earlier=earlier_lists, checkpoint_classes=ckpt_names, record_species=species,
-                          colors=colors, checkpoint=path, previous=previous)
+    doc = round_class_set(cfg, earlier=[list(e) for e in earlier], checkpoint_classes=ckpt_names,
+                          record_species=species, colors=colors, checkpoint=path, previous=previous)
     write_round_classes(out, doc)
     listing = ", ".join(f"{c['index']} {c['name']}" for c in doc["classes"])
     log.info("classes: round %s has %d class(es) [%s]; new this round: %s", run.name, len(doc["classes"]), listing,

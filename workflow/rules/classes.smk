@@ -1,7 +1,7 @@
 # A round's class set -> {run}/classes.json: the one class list that infer, upload, download, preprocess and
 # train read (issue 16 §1). Species mode: earlier rounds' classes (indices kept), then this round's own earlier
 # set, the pre-labelling checkpoint's classes and the query records' species, new names appended.
-from agir.classes import built_before_class_sets, class_set_config, class_set_sources
+from agir.classes import built_before_class_sets, class_set_config, earlier_class_lists
 
 
 def classes_input(wildcards):
@@ -14,16 +14,24 @@ def classes_input(wildcards):
 
 
 def round_classes_inputs(wildcards):
-    """The query records (species mode, records rounds), the checkpoint the round pre-labels with, and the
-    class files of the earlier rounds (existing files only: no earlier round is rebuilt)."""
+    """The query records (species mode, records rounds) and the checkpoint the round pre-labels with."""
     cfg = rcfg(wildcards)
     inputs = {}
     if cfg["classes"].get("mode", "species") != "binary" and not cfg["seg_inference"]["source"]["images"]:
         inputs["query"] = rp(wildcards, "query/query.json")
+    ckpt = cfg["seg_inference"]["model"]["ckpt_path"]
+    if str(ckpt) == "previous" and previous_round(cfg) is None:
+        # a first round evaluated under settings meant for a later one: its set has no checkpoint (its inference
+        # says what is wrong, should it run)
+        return inputs
     inputs.update(checkpoint_input(wildcards))
-    rounds = [d for d in earlier_round_files(cfg, "") if Path(d).name < str(wildcards.round)]
-    inputs["earlier"] = class_set_sources(rounds)
     return inputs
+
+
+def earlier_classes(wildcards):
+    """The class lists of the earlier rounds, read now (params, not inputs: no earlier round becomes a job)."""
+    cfg = rcfg(wildcards)
+    return earlier_class_lists(d for d in earlier_round_files(cfg, "") if Path(d).name < str(wildcards.round))
 
 
 rule round_classes:
@@ -34,6 +42,7 @@ rule round_classes:
         classes=update(run_path("classes.json")),
     params:
         cfg=lambda wc: class_set_config(rcfg(wc)),
+        earlier=earlier_classes,
     log:
         log_path("round_classes"),
     localrule: True

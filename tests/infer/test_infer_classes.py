@@ -175,3 +175,24 @@ def test_label_unknown_species_smaller_box_wins_and_known_boxes_keep_the_model()
     # the cutout's own record (top) is painted last, over a smaller known box
     out = label_unknown_species(model, shape, [((4, 4, 6, 6), 1)], ((2, 2, 8, 8), 2), {1})
     assert out[5, 5] == 2
+
+
+class ConstantModel(torch.nn.Module):
+    """Logits giving P = (0.4, 0.3, 0.3) everywhere: background wins the argmax, yet 60 % says plant."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.log(torch.tensor([0.4, 0.3, 0.3])), requires_grad=False)
+
+    def forward(self, x):
+        return self.logits.view(1, 3, 1, 1).expand(x.shape[0], 3, *x.shape[2:]).clone()
+
+
+def test_plant_shape_is_one_minus_background_probability():
+    from agir.infer.predictor import TiledPredictor
+
+    p = TiledPredictor(ConstantModel(), head="softmax", mean=[0.5] * 3, std=[0.25] * 3, tile_size=64, overlap=0.25,
+                       divisor=1)
+    mask, info = p.predict(np.zeros((40, 50, 3), np.uint8), return_shape=True)
+    assert (mask == 0).all() and info["shape"].shape == (40, 50) and (info["shape"] == 1).all()
+    assert "shape" not in p.predict(np.zeros((40, 50, 3), np.uint8))[1]

@@ -14,7 +14,8 @@ from agir.simulate.config import DEFAULT_STRATEGIES, SimConfig
 _OPTIONS = (("groups", int), ("days", int), ("size", int), ("test_per_species", int), ("val_per_species", int),
             ("pool_size", int), ("test", int), ("width", int), ("height", int), ("initial", int), ("rounds", int),
             ("per_round", int), ("data_seed", int), ("arch", str), ("encoder", str), ("crop_size", int),
-            ("batch_size", int), ("lr", float), ("ft_lr", float), ("init_steps", int), ("ft_steps", int),
+            ("batch_size", int), ("lr", float), ("ft_lr", float), ("init_steps", int), ("ft_steps", int), ("weight_cap", float),
+            ("repeat_thresh", float),
             ("hint_threshold", float), ("hint_regions", int), ("threads", int), ("jobs", int))
 
 

@@ -11,7 +11,8 @@ from agir.errors import AgirError
 POOLS = ("agir", "iid")
 # the baseline a strategy has to beat (issue 17: vegetation-aware random), and plain random
 BASELINE = "veg_random"
-DEFAULT_STRATEGIES = ("random", "veg_random", "entropy", "power", "power_cap1", "class_balanced", "cost_aware")
+# (top-k entropy is left out of the default run for time: power with T -> 0 is top-k)
+DEFAULT_STRATEGIES = ("random", "veg_random", "power", "power_cap1", "class_balanced", "cost_aware")
 CAP = re.compile(r"^(?P<name>.+)_cap(?P<k>[0-9]+)$")
 
 
@@ -53,8 +54,8 @@ class SimConfig:
     width: int = 256
     height: int = 192
     # --- loop
-    initial: int = 10
-    rounds: int = 5
+    initial: int = 8
+    rounds: int = 4
     per_round: int = 10
     strategies: tuple[str, ...] = ()  # empty: every default that agir.select.strategies has
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -65,9 +66,11 @@ class SimConfig:
     crop_size: int = 128
     batch_size: int = 8
     lr: float = 0.003  # round 0, from random weights
-    ft_lr: float = 0.002  # later rounds, fine-tuning the previous round's model
+    ft_lr: float = 0.003  # later rounds, fine-tuning the previous round's model
     init_steps: int = 300
-    ft_steps: int = 100
+    ft_steps: int = 150
+    weight_cap: float = 20.0  # class weights (inverse pixel frequency) spread at most this much
+    repeat_thresh: float = 0.3  # repeat-factor sampling of frames with rare classes (0: uniform draws)
     # --- "review here" hints (§5)
     hint_threshold: float = 0.2
     hint_regions: int = 5

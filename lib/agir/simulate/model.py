@@ -67,6 +67,20 @@ def _tensor(rgbs: Sequence[np.ndarray], mean, std) -> torch.Tensor:
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
+def repeat_factors(labels: np.ndarray, k: int, thresh: float) -> np.ndarray:
+    """Repeat-factor sampling (Gupta et al., 2019, LVIS): an image is drawn in proportion to
+    max over its classes c of max(1, sqrt(thresh / f_c)), f_c = share of the images that show c.
+    A weed in 2 % of the frames is drawn ~4x as often (thresh 0.3); thresh 0 draws uniformly."""
+    n = len(labels)
+    present = np.stack([np.bincount(y[y < k].ravel(), minlength=k)[:k] > 0 for y in labels]) if n else np.zeros((0, k))
+    if thresh <= 0 or not n:
+        return np.ones(n, np.float64)
+    f = present.mean(0)
+    r = np.where(f > 0, np.maximum(1.0, np.sqrt(thresh / np.maximum(f, 1e-9))), 1.0)
+    r[0] = 1.0  # background is everywhere
+    return np.where(present, r[None, :], 1.0).max(1)
+
+
 def train(cfg, model: SimModel, rgbs: Sequence[np.ndarray], truths: Sequence[np.ndarray], all_classes,
           steps: int, lr: float, seed: int) -> float:
     """Train `model` in place for `steps` optimiser steps on (rgbs, truths).
@@ -89,17 +103,19 @@ def train(cfg, model: SimModel, rgbs: Sequence[np.ndarray], truths: Sequence[np.
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
-    # train.class_weights: true (inverse pixel frequency over the labelled set, spread capped at 50x,
-    # mean 1): without it the rare species' few pixels never outweigh the background
+    # train.class_weights: true (inverse pixel frequency over the labelled set, mean 1): without it the
+    # rare species' few pixels never outweigh the background. The spread is capped (cfg.weight_cap,
+    # 10x): at 50x a class seen in one frame dominated the loss and a full-pool run collapsed
     counts = np.bincount(y_all[y_all != IGNORE].numpy().ravel(), minlength=len(model.classes) + 1).astype(float)
     w = 1.0 / np.maximum(counts / max(1.0, counts.sum()), 1e-4)
-    w = np.minimum(w, w.min() * 50.0)
+    w = np.minimum(w, w.min() * float(cfg.weight_cap))
     loss_fn = SegLoss({"ce": 1.0, "dice": 1.0}, class_weights=(w / w.mean()).tolist(), ignore_index=IGNORE)
     n, h, w = y_all.shape
     cs = min(int(cfg.crop_size), h, w)
+    draw = torch.from_numpy(repeat_factors(y_all.numpy(), len(model.classes) + 1, float(cfg.repeat_thresh)))
     tail: list[float] = []
     for step in range(int(steps)):
-        idx = torch.randint(0, n, (int(cfg.batch_size),), generator=gen)
+        idx = torch.multinomial(draw, int(cfg.batch_size), replacement=True, generator=gen)
         xb, yb = x_all[idx], y_all[idx]
         if cs < h or cs < w:
             y0 = int(torch.randint(0, h - cs + 1, (1,), generator=gen))
@@ -113,6 +129,7 @@ def train(cfg, model: SimModel, rgbs: Sequence[np.ndarray], truths: Sequence[np.
         loss = loss_fn(net(xb.contiguous()), yb.contiguous())
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)  # no single odd batch throws the model off
         opt.step()
         sched.step()
         if step >= steps - max(1, steps // 10):

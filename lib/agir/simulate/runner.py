@@ -122,8 +122,9 @@ def run_strategy(cfg: SimConfig, strategy: str, seed: int, data: PoolData, round
               "train_s": round(train_s, 1)})
 
 
-def run_seed(cfg: SimConfig, seed: int, out: Path, data: PoolData, say: Callable[[str], None]) -> None:
-    path = out / f"results_seed{seed}.jsonl"
+def _emitter(out: Path, seed: int, part: str, say: Callable[[str], None]) -> Callable[[dict], None]:
+    """Rows go to results_seed{seed}_{part}.jsonl: one file per task, so parallel tasks never share one."""
+    path = out / f"results_seed{seed}_{part}.jsonl"
 
     def emit(row: dict) -> None:
         append_jsonl(path, row)
@@ -131,44 +132,109 @@ def run_seed(cfg: SimConfig, seed: int, out: Path, data: PoolData, say: Callable
         say(f"seed {seed} {row['strategy']} round {row['round']}: {row['annotated']} images, class mIoU "
             f"{row['class_miou']:.3f}{extra}" + (f", effort {row['effort']}" if row.get("effort") else ""))
 
+    return emit
+
+
+def _round0_file(out: Path, seed: int) -> Path:
+    return out / "round0" / f"seed{seed}.pt"
+
+
+def round0_task(cfg: SimConfig, seed: int, out: Path, data: PoolData) -> None:
+    """The seed's initial frames and round-0 model (shared by its strategies), saved to out/round0/."""
+    import torch
+
     rng = np.random.default_rng([seed, 3])
-    initial = [data.pool[i] for i in sorted(rng.choice(len(data.pool), cfg.initial, replace=False))]
-    mean, std = M.norm_stats([s.rgb for s in initial])
+    initial = sorted(int(i) for i in rng.choice(len(data.pool), cfg.initial, replace=False))
+    init = [data.pool[i] for i in initial]
+    mean, std = M.norm_stats([s.rgb for s in init])
     t0 = time.perf_counter()
-    m0 = M.build(cfg, M.round_classes([], [s.truth for s in initial], data.classes), mean, std)
-    loss0 = M.train(cfg, m0, [s.rgb for s in initial], [s.truth for s in initial], data.classes, cfg.init_steps,
+    m0 = M.build(cfg, M.round_classes([], [s.truth for s in init], data.classes), mean, std)
+    loss0 = M.train(cfg, m0, [s.rgb for s in init], [s.truth for s in init], data.classes, cfg.init_steps,
                     cfg.lr, seed)
-    base = {"seed": seed, "round": 0, "annotated": len(initial), **_eval_row(m0, data), "classes": m0.classes,
+    base = {"seed": seed, "round": 0, "annotated": len(init), **_eval_row(m0, data), "classes": m0.classes,
             "loss": round(loss0, 4), "train_s": round(time.perf_counter() - t0, 1)}
-    # the reference: the round-0 model fine-tuned on the whole pool with the compute of the last round's
-    # model (rounds x ft_steps); the learning curve has to be able to rise this far (full_pool_gain)
+    path = _round0_file(out, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"initial": initial, "classes": m0.classes, "mean": mean, "std": std, "base": base,
+                "state_dict": m0.net.state_dict()}, tmp)
+    tmp.replace(path)  # atomically: a task that loads it never sees half a file
+
+
+def _load_round0(cfg: SimConfig, seed: int, out: Path, data: PoolData) -> tuple[dict, M.SimModel]:
+    import torch
+
+    saved = torch.load(_round0_file(out, seed), map_location="cpu", weights_only=False)
+    m0 = M.build(cfg, saved["classes"], saved["mean"], saved["std"])
+    m0.net.load_state_dict(saved["state_dict"])
+    m0.net.eval()
+    return saved, m0
+
+
+def full_pool_task(cfg: SimConfig, seed: int, out: Path, data: PoolData, say: Callable[[str], None]) -> None:
+    """The reference: the round-0 model fine-tuned on the whole pool with the compute of the last round's
+    model (rounds x ft_steps); the learning curve has to be able to rise this far (full_pool_gain)."""
+    saved, m0 = _load_round0(cfg, seed, out, data)
     t1 = time.perf_counter()
     full_classes = M.round_classes(m0.classes, [s.truth for s in data.pool], data.classes)
-    mf = M.build(cfg, full_classes, mean, std, previous=m0)
+    mf = M.build(cfg, full_classes, m0.mean, m0.std, previous=m0)
     lossf = M.train(cfg, mf, [s.rgb for s in data.pool], [s.truth for s in data.pool], data.classes,
                     cfg.ft_steps * max(1, cfg.rounds), cfg.ft_lr, seed * 1000 + 999)
-    emit({"seed": seed, "strategy": FULL, "round": cfg.rounds, "annotated": len(data.pool), **_eval_row(mf, data),
-          "classes": full_classes, "loss": round(lossf, 4), "train_s": round(time.perf_counter() - t1, 1)})
-    round0 = {"labelled": initial, "model": m0}
+    _emitter(out, seed, FULL, say)({"seed": seed, "strategy": FULL, "round": cfg.rounds, "annotated": len(data.pool),
+                                    **_eval_row(mf, data), "classes": full_classes, "loss": round(lossf, 4),
+                                    "train_s": round(time.perf_counter() - t1, 1)})
+
+
+def strategy_task(cfg: SimConfig, seed: int, strategy: str, out: Path, data: PoolData,
+                  say: Callable[[str], None]) -> None:
+    saved, m0 = _load_round0(cfg, seed, out, data)
+    emit = _emitter(out, seed, strategy, say)
+    emit({"strategy": strategy, **saved["base"]})
+    round0 = {"labelled": [data.pool[i] for i in saved["initial"]], "model": m0}
+    run_strategy(cfg, strategy, seed, data, round0, emit)
+
+
+def run_seed(cfg: SimConfig, seed: int, out: Path, data: PoolData, say: Callable[[str], None]) -> None:
+    """Every task of one seed in this process: round 0, the full-pool reference, each strategy."""
+    round0_task(cfg, seed, out, data)
+    full_pool_task(cfg, seed, out, data, say)
     for strategy in cfg.strategies:
-        emit({"strategy": strategy, **base})
-        run_strategy(cfg, strategy, seed, data, round0, emit)
+        strategy_task(cfg, seed, strategy, out, data, say)
 
 
 def _say(progress: Callable[[str], None] | None) -> Callable[[str], None]:
     return progress or (lambda m: log.info("%s", m))
 
 
-def _seed_worker(cfg: SimConfig, out: str, seed: int) -> None:
-    """A process per seed (spawned): single-threaded torch, data regenerated (deterministic)."""
+_WORKER_DATA: dict[str, PoolData] = {}
+
+
+def _task_worker(cfg: SimConfig, out: str, kind: str, seed: int, strategy: str | None = None) -> str:
+    """One task in a spawned process: single-threaded torch; the data made once per process (deterministic)."""
     import torch
 
     torch.set_num_threads(int(cfg.threads))
-    run_seed(cfg, seed, Path(out), prepare_data(cfg, Path(out)), lambda m: print(m, flush=True))
+    key = repr(cfg.as_dict())
+    if key not in _WORKER_DATA:
+        _WORKER_DATA.clear()
+        _WORKER_DATA[key] = prepare_data(cfg, Path(out))
+    data = _WORKER_DATA[key]
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    if kind == "round0":
+        round0_task(cfg, seed, Path(out), data)
+    elif kind == "full":
+        full_pool_task(cfg, seed, Path(out), data, say)
+    else:
+        strategy_task(cfg, seed, str(strategy), Path(out), data, say)
+    return kind
 
 
 def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], None] | None = None) -> dict:
-    """Run the whole simulation into `out`; returns the summary (also `out/summary.json`)."""
+    """Run the whole simulation into `out`; returns the summary (also `out/summary.json`).
+
+    With jobs > 1 the work is split into tasks (per seed: round 0, then the full-pool reference and
+    one task per strategy, which start from the saved round-0 model) on `jobs` processes, so no core
+    idles while the last seed runs alone."""
     from agir.simulate.report import collect
 
     cfg = cfg.resolved()
@@ -179,25 +245,31 @@ def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], No
     out.mkdir(parents=True, exist_ok=True)
     say = _say(progress)
     started = time.perf_counter()
-    for old in out.glob("results_seed*.jsonl"):
+    for old in list(out.glob("results_seed*.jsonl")) + list(out.glob("round0/seed*.pt")):
         old.unlink()
     data = prepare_data(cfg, out)
     write_json(out / "data_info.json", data.info)
     write_json(out / "config.json", cfg.as_dict())
     say(f"data: {cfg.pool} pool of {len(data.pool)} images, val {len(data.val)}, test {len(data.test)} "
         f"({data.info['generate_seconds']} s to generate); strategies {', '.join(cfg.strategies)}")
-    jobs = min(int(cfg.jobs), len(cfg.seeds))
-    if jobs > 1:
+    if int(cfg.jobs) > 1:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         child = dataclasses.replace(cfg, data_dir=data.info.get("data_dir"))
         del data
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            futures = [ex.submit(_seed_worker, child, str(out), seed) for seed in cfg.seeds]
-            for f in futures:
-                f.result()
-                collect(out, cfg)  # partial results stay readable while the rest runs
+        with ProcessPoolExecutor(max_workers=int(cfg.jobs), mp_context=mp.get_context("spawn")) as ex:
+            pending = {ex.submit(_task_worker, child, str(out), "round0", seed): seed for seed in cfg.seeds}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    seed = pending.pop(f)
+                    if f.result() == "round0":  # that seed's model is saved: its other tasks can start
+                        pending[ex.submit(_task_worker, child, str(out), "full", seed)] = seed
+                        for strategy in cfg.strategies:
+                            pending[ex.submit(_task_worker, child, str(out), "strategy", seed, strategy)] = seed
+                    else:
+                        collect(out, cfg)  # partial results stay readable while the rest runs
     else:
         torch.set_num_threads(int(cfg.threads))
         for seed in cfg.seeds:

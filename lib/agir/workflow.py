@@ -30,6 +30,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 STAGE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     "infer": {"select": ("uncertain_margin",)},
     "score": {"select": ("uncertain_margin", "score_max_side")},
+    # preprocess and upload follow the selection's file; of the settings only whether one runs
+    "preprocess": {"select": ("strategy",)},
+    "upload": {"select": ("strategy",)},
 }
 
 # The files that say a stage of a round is built (inside the run folder); `all` and the CLI's `run` ask for these.

@@ -159,8 +159,9 @@ def _upload(cfg: Mapping[str, Any], run: Path, session: CvatSession | None, roun
             if not every_task and started - saving["at"] < 20 * saving["cost"]:
                 saving["pending"] = True
                 return
-            write_json(batch_path(run, k), {**batch, "complete": complete})
-            write_json(receipt_path, combined_receipt([*others, {**batch, "complete": complete}]))
+            # one line: json's C encoder, 10x faster than indented output on receipts of thousands of frames
+            write_json(batch_path(run, k), {**batch, "complete": complete}, indent=None)
+            write_json(receipt_path, combined_receipt([*others, {**batch, "complete": complete}]), indent=None)
             saving.update(at=time.perf_counter(), cost=time.perf_counter() - started, pending=False)
 
         counts = {"created": 0, "reused": 0, "unchanged": 0}

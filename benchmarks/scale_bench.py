@@ -155,20 +155,30 @@ def load() -> str:
 # ------------------------------------------------------------------------------------------------ data
 
 def demo_data(folder: Path, records: int) -> dict:
-    """Demo database with at least `records` semif rows at 128x96 px (reused when already there)."""
+    """Demo database with at least `records` semif rows at 128x96 px (reused when already there).
+
+    The database is renamed from agir_demo.duckdb to scale.duckdb: the workflow's `demo_data` rule owns files of
+    that name and would regenerate them at the default size.
+    """
     from agir.demo import generate_demo_data
 
-    summary_file = folder / "demo_summary.json"
+    summary_file = folder / "scale_data.json"
     if summary_file.exists():
         summary = json.loads(summary_file.read_text())
-        if summary.get("cutouts", 0) >= records and summary.get("size") == [WIDTH, HEIGHT]:
+        if (summary.get("cutouts", 0) >= records and summary.get("size") == [WIDTH, HEIGHT]
+                and Path(summary["database"]).exists()):
             return summary
+    if folder.exists():
         shutil.rmtree(folder)
     images = max(8, math.ceil(records / CUTOUTS_PER_IMAGE))
     t = time.perf_counter()
     summary = generate_demo_data(folder, images=images, seed=7, width=WIDTH, height=HEIGHT, field_images=2)
     if summary["cutouts"] < records:
         raise SystemExit(f"demo data: {summary['cutouts']} cutouts < {records}; raise CUTOUTS_PER_IMAGE's margin")
+    db = folder / "scale.duckdb"
+    os.replace(summary["database"], db)
+    summary["database"] = str(db)
+    summary_file.write_text(json.dumps(summary, indent=2))
     print(f"demo data: {images} images, {summary['cutouts']} records in {time.perf_counter() - t:.0f} s ({load()})",
           flush=True)
     return summary

@@ -234,3 +234,15 @@ def test_report_rounds_are_the_rounds_of_the_report_targets(tmp_path):
     assert report_rounds(argv, out, tmp_path) == [("demo", "round_002"), ("demo", "round_003")]
     argv = ["snakemake", f"--report={tmp_path}/r.html", f"{tmp_path}/scratch/p/r9/report/summary.json"]
     assert report_rounds(argv, str(tmp_path / "scratch"), tmp_path) == [("p", "r9")]
+
+
+def test_schema_parsed_once_per_file_version_and_handed_out_as_copies(tmp_path):
+    from agir.config import load_schema
+
+    path = tmp_path / "schema.yaml"
+    path.write_text("type: object\nproperties: {a: {type: integer, default: 1}}\n")
+    first = load_schema(path)
+    first["properties"]["a"]["default"] = 99  # a caller's change stays its own
+    assert load_schema(path)["properties"]["a"]["default"] == 1
+    path.write_text("type: object\nproperties: {a: {type: integer, default: 22}}\n")  # edited: read again
+    assert load_schema(path)["properties"]["a"]["default"] == 22

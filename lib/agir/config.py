@@ -40,8 +40,18 @@ def schema_path() -> Path:
     return workflow_root() / "workflow" / "schemas" / "config.schema.yaml"
 
 
+_SCHEMAS: dict[tuple[str, int, int], dict] = {}
+
+
 def load_schema(path: str | os.PathLike | None = None) -> dict:
-    return read_yaml(path or schema_path())
+    """The parsed schema (a fresh copy). Parsing the YAML costs ~0.15 s and a workflow validates every round's
+    settings, so it is parsed once per file version (path, mtime, size)."""
+    path = Path(path or schema_path()).resolve()
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = read_yaml(path)
+    return copy.deepcopy(_SCHEMAS[key])
 
 
 # ---------------------------------------------------------------- overrides

@@ -1,16 +1,18 @@
 """What active selection buys on AgIR-like data: a simulated annotator, per strategy, over 5 seeds.
 
 Runs `agir.simulate` (protocol: docs/active_learning.md) with the benchmark's choices, sized for
-<= 60 min on an idle 2-core CPU (two seeds in parallel, one single-threaded process each):
+<= 60 min on an idle 2-core CPU (two single-threaded worker processes; the work is split into
+tasks: per seed round 0, then the full-pool reference and one task per strategy):
 
 - pool `agir` (agir.demo.sequences): 60 pots x 6 days = 360 frames of 128 px; 3 common crops, 5 rare
-  weeds in 1-5 % of the frames, ~92 % background; validation 32 and test 48 frames balanced over
-  the 8 species, from other pots;
-- 10 random initial frames, then 5 rounds of 10 (10 -> 60 annotated); round 0 trains 300 steps from
+  weeds (each with its own leaf colour and habit) in 1-5 % of the frames, ~89 % background;
+  validation 32 and test 48 frames balanced over the 8 species, from other pots;
+- 8 random initial frames, then 3 rounds of 12 (8 -> 44 annotated); round 0 trains 300 steps from
   random weights (lr 0.003), each later round fine-tunes the previous round's model 100 steps
-  (lr 0.002), the head widened for new species (agir.checkpoint.transfer_weights); class-weighted
-  CE + Dice;
-- every strategy of the default list that agir.select.strategies registers, seeds 0-4.
+  (lr 0.003, warm-up + cosine, grad-norm clip 1), the head widened for new species
+  (agir.checkpoint.transfer_weights); CE + Dice with class weights capped at 20x, repeat-factor
+  sampling of frames with rare species (threshold 0.3); settings chosen on the validation split;
+- strategies random, veg_random, power, power_cap1, class_balanced, cost_aware; seeds 0-4.
 
     .venv/bin/python benchmarks/al_bench.py --out outputs/al_bench          # the full benchmark
     .venv/bin/python benchmarks/al_bench.py --quick --out outputs/al_quick  # the machinery only

@@ -153,3 +153,8 @@ def test_quick_run_through_the_cli(tmp_path, capsys):
     assert (out / "al_curve.png").stat().st_size > 1000 and "| power_cap1 | 2 | 12 |" in (out / "table.md").read_text()
     assert main(["--out", str(out), "--summarize-only"]) == 0  # rebuilds from the run's saved settings
     assert "hinted_iou_fraction=" in capsys.readouterr().out
+    before = sorted((p.name, p.read_text()) for p in out.glob("results_seed*.jsonl"))
+    # a resumed run of the same settings keeps every finished task (2 round-0 models + 2 x 4 result files)
+    assert main(["--quick", "--out", str(out), "--strategies", strategies, "--jobs", "1", "--resume"]) == 0
+    assert "resume: 10 finished task files kept" in capsys.readouterr().out
+    assert sorted((p.name, p.read_text()) for p in out.glob("results_seed*.jsonl")) == before

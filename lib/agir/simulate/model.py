@@ -5,7 +5,9 @@ labelled images (contract C1: old indices kept, new ones appended). The round's 
 for that set and initialised from the previous round's with `agir.checkpoint.transfer_weights`
 (contract C2: the head widened, new rows fresh), then trained a fixed number of steps: the loop's
 `ckpt_path: previous`. Training is a plain torch loop over images held in memory (no files, no
-Lightning): AdamW, linear warm-up then cosine, CE + Dice (agir.train.losses.SegLoss), flips and
+Lightning): AdamW, linear warm-up then cosine, gradient-norm clip 1, CE + Dice
+(agir.train.losses.SegLoss) with inverse-frequency class weights capped at `weight_cap`, batches
+drawn by repeat-factor sampling (`repeat_thresh`: frames with rare species more often), flips and
 90-degree turns, random crops when frames are larger than `crop_size`.
 """
 

@@ -7,7 +7,8 @@
   seed-mean test class-mIoU curve of `s` first reaches 95 % of the full-pool class mIoU (linear
   interpolation), over the baseline's (veg_random; random when veg_random did not run). `inf` when
   `s` never reaches it. `_ci95`: 2.5/97.5 percentiles over 2000 bootstrap resamples of the seeds
-  (the same resample for `s` and the baseline: paired).
+  (the same resample for `s` and the baseline: paired). When the baseline never reaches the target and
+  `s` does, the ratio is nan and `ratio_below` = `s`'s effort / all the effort the baseline spent.
 - `paired_diff_<s>_vs_<b>`: per seed, the mean over rounds >= 1 of class mIoU(s) - class mIoU(b);
   mean over seeds with a t interval.
 """
@@ -144,6 +145,10 @@ def summarize(results: Sequence[Mapping], cfg, boot: int = 2000) -> dict:
             lo, hi = np.quantile(arr, [0.025, 0.975], method="inverted_cdf") if len(arr) else (math.nan, math.nan)
             eff[s] = {"effort": rs, "baseline_effort": rb, "ratio": _ratio(rs, rb), "ci95": [float(lo), float(hi)],
                       "seeds": len(seeds)}
+            if math.isinf(rb) and not math.isinf(rs):
+                # the baseline never got there: s's effort over all the effort the baseline spent bounds the ratio
+                spent = float(np.mean([_cum_effort(bcur[x])[-1] for x in seeds]))
+                eff[s]["ratio_below"] = rs / spent if spent > 0 else math.nan
         out["effort_ratio"] = eff
     out["paired"] = {}
     for b in [x for x in ("random", "veg_random") if x in strategies]:
@@ -199,8 +204,10 @@ def format_lines(summary: Mapping) -> list[str]:
             lines.append(f"rare_iou_{s}={last['rare_iou_mean']:.4f} +- {last['rare_iou_sd']:.4f}")
     base = summary.get("baseline")
     for s, e in (summary.get("effort_ratio") or {}).items():
+        below = (f"; {base} never reached it: the ratio is below {_f(e['ratio_below'])}, {s}'s effort over all "
+                 f"of {base}'s" if e.get("ratio_below") is not None else "")
         lines.append(f"effort_ratio_{s}={_f(e['ratio'])} (effort {_f(e['effort'], 0)} vs {base} "
-                     f"{_f(e['baseline_effort'], 0)} to reach the target; {e['seeds']} seeds)")
+                     f"{_f(e['baseline_effort'], 0)} to reach the target; {e['seeds']} seeds{below})")
         lines.append(f"effort_ratio_{s}_ci95={_f(e['ci95'][0])},{_f(e['ci95'][1])}")
     for key, p in (summary.get("paired") or {}).items():
         lines.append(f"paired_diff_{key}={p['mean']:+.4f} ci95={p['ci95'][0]:+.4f},{p['ci95'][1]:+.4f} "

@@ -194,14 +194,6 @@ def strategy_task(cfg: SimConfig, seed: int, strategy: str, out: Path, data: Poo
     run_strategy(cfg, strategy, seed, data, round0, emit)
 
 
-def run_seed(cfg: SimConfig, seed: int, out: Path, data: PoolData, say: Callable[[str], None]) -> None:
-    """Every task of one seed in this process: round 0, the full-pool reference, each strategy."""
-    round0_task(cfg, seed, out, data)
-    full_pool_task(cfg, seed, out, data, say)
-    for strategy in cfg.strategies:
-        strategy_task(cfg, seed, strategy, out, data, say)
-
-
 def _say(progress: Callable[[str], None] | None) -> Callable[[str], None]:
     return progress or (lambda m: log.info("%s", m))
 
@@ -229,7 +221,32 @@ def _task_worker(cfg: SimConfig, out: str, kind: str, seed: int, strategy: str |
     return kind
 
 
-def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], None] | None = None) -> dict:
+_RESUME_IGNORES = ("jobs", "threads", "data_dir")
+
+
+def _finished_tasks(cfg: SimConfig, out: Path) -> set[str]:
+    """File names of tasks an earlier run of the same settings finished (round-0 models, complete result
+    files); nothing when out/config.json holds other settings."""
+    from agir.runs import read_json_or, read_jsonl
+
+    saved = read_json_or(out / "config.json", None) or {}
+    now = cfg.as_dict()
+    if any(_plain(saved.get(k)) != _plain(v) for k, v in now.items() if k not in _RESUME_IGNORES):
+        return set()
+    keep = {p.name for p in out.glob("round0/seed*.pt")}
+    for f in out.glob("results_seed*.jsonl"):
+        rounds = {int(r["round"]) for r in read_jsonl(f)}
+        if FULL in f.name and rounds or rounds >= set(range(cfg.rounds + 1)):
+            keep.add(f.name)
+    return keep
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], None] | None = None,
+                   resume: bool = False) -> dict:
     """Run the whole simulation into `out`; returns the summary (also `out/summary.json`).
 
     With jobs > 1 the work is split into tasks (per seed: round 0, then the full-pool reference and
@@ -245,8 +262,12 @@ def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], No
     out.mkdir(parents=True, exist_ok=True)
     say = _say(progress)
     started = time.perf_counter()
+    done = _finished_tasks(cfg, out) if resume else set()
     for old in list(out.glob("results_seed*.jsonl")) + list(out.glob("round0/seed*.pt")):
-        old.unlink()
+        if old.name not in done:
+            old.unlink()
+    if done:
+        say(f"resume: {len(done)} finished task files kept in {out}")
     data = prepare_data(cfg, out)
     write_json(out / "data_info.json", data.info)
     write_json(out / "config.json", cfg.as_dict())
@@ -259,21 +280,37 @@ def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], No
         child = dataclasses.replace(cfg, data_dir=data.info.get("data_dir"))
         del data
         with ProcessPoolExecutor(max_workers=int(cfg.jobs), mp_context=mp.get_context("spawn")) as ex:
-            pending = {ex.submit(_task_worker, child, str(out), "round0", seed): seed for seed in cfg.seeds}
+            def after_round0(seed: int) -> None:  # that seed's model is saved: its other tasks can start
+                if f"results_seed{seed}_{FULL}.jsonl" not in done:
+                    pending[ex.submit(_task_worker, child, str(out), "full", seed)] = seed
+                for strategy in cfg.strategies:
+                    if f"results_seed{seed}_{strategy}.jsonl" not in done:
+                        pending[ex.submit(_task_worker, child, str(out), "strategy", seed, strategy)] = seed
+
+            pending: dict = {}
+            for seed in cfg.seeds:
+                if f"seed{seed}.pt" in done:
+                    after_round0(seed)
+                else:
+                    pending[ex.submit(_task_worker, child, str(out), "round0", seed)] = seed
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
                     seed = pending.pop(f)
-                    if f.result() == "round0":  # that seed's model is saved: its other tasks can start
-                        pending[ex.submit(_task_worker, child, str(out), "full", seed)] = seed
-                        for strategy in cfg.strategies:
-                            pending[ex.submit(_task_worker, child, str(out), "strategy", seed, strategy)] = seed
+                    if f.result() == "round0":
+                        after_round0(seed)
                     else:
                         collect(out, cfg)  # partial results stay readable while the rest runs
     else:
         torch.set_num_threads(int(cfg.threads))
         for seed in cfg.seeds:
-            run_seed(cfg, seed, out, data, say)
+            if f"seed{seed}.pt" not in done:
+                round0_task(cfg, seed, out, data)
+            if f"results_seed{seed}_{FULL}.jsonl" not in done:
+                full_pool_task(cfg, seed, out, data, say)
+            for strategy in cfg.strategies:
+                if f"results_seed{seed}_{strategy}.jsonl" not in done:
+                    strategy_task(cfg, seed, strategy, out, data, say)
             collect(out, cfg)
     summary = collect(out, cfg)
     summary["seconds"] = round(time.perf_counter() - started, 1)

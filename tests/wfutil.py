@@ -66,3 +66,12 @@ def write_config(workdir: Path, name: str = "config.yaml", **overrides) -> Path:
     return path
 
 
+
+
+def run_cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`agir-cvtoolkit ARGS` in `workdir` (as `python -m agir.cli`, the same entry point)."""
+    proc = subprocess.run([sys.executable, "-m", "agir.cli", *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"agir-cvtoolkit {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc

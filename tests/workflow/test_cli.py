@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from wfutil import run_cli
 
 from agir.cli import build_parser, query_flag_overrides
 
 RUN = Path("outputs/runs/tiny/round_001")
 
 
-def cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "agir.cli", *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"agir-cvtoolkit {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+cli = run_cli
 
 
 def test_help_lists_stage_commands():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from wfutil import REPO, planned_rules, run_snakemake, write_config
+from wfutil import REPO, planned_rules, run_cli, run_snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,12 +20,7 @@ POINTER = Path(".agir/out_root.yaml")
 ROUND = Path("tiny/round_001")
 
 
-def cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "agir.cli", *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"agir-cvtoolkit {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+cli = run_cli
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:

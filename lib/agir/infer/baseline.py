@@ -84,6 +84,23 @@ def plant_mask(
     return mask, thr
 
 
+def _paint_order(boxes: Sequence, top, h: int, w: int):
+    """(x0, y0, x1, y1, cls) clipped to the frame: largest box first, so the smaller box wins, and `top` last.
+
+    A box of None is the whole frame; empty boxes are skipped.
+    """
+
+    def area(item: tuple) -> int:
+        box = item[0]
+        return h * w + 1 if box is None else (box[2] - box[0]) * (box[3] - box[1])
+
+    for box, cls in sorted(boxes, key=area, reverse=True) + ([top] if top is not None else []):
+        x0, y0, x1, y1 = (0, 0, w, h) if box is None else box
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 > x0 and y1 > y0:
+            yield x0, y0, x1, y1, cls
+
+
 def paint_boxes(
     plant: np.ndarray,
     boxes: Sequence[tuple[tuple[int, int, int, int] | None, int]],
@@ -99,17 +116,7 @@ def paint_boxes(
     """
     h, w = plant.shape
     out = np.zeros((h, w), dtype=np.uint8)
-
-    def area(item: tuple) -> int:
-        box = item[0]
-        return h * w + 1 if box is None else (box[2] - box[0]) * (box[3] - box[1])
-
-    ordered = sorted(boxes, key=area, reverse=True) + ([top] if top is not None else [])
-    for box, cls in ordered:
-        x0, y0, x1, y1 = (0, 0, w, h) if box is None else box
-        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-        if x1 <= x0 or y1 <= y0:
-            continue
+    for x0, y0, x1, y1, cls in _paint_order(boxes, top, h, w):
         sub = plant[y0:y1, x0:x1].astype(bool)
         out[y0:y1, x0:x1][sub] = cls
     return out
@@ -132,17 +139,7 @@ def label_unknown_species(
     """
     h, w = model_mask.shape
     out = model_mask.copy()
-
-    def area(item: tuple) -> int:
-        box = item[0]
-        return h * w + 1 if box is None else (box[2] - box[0]) * (box[3] - box[1])
-
-    ordered = sorted(boxes, key=area, reverse=True) + ([top] if top is not None else [])
-    for box, cls in ordered:
-        x0, y0, x1, y1 = (0, 0, w, h) if box is None else box
-        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-        if x1 <= x0 or y1 <= y0:
-            continue
+    for x0, y0, x1, y1, cls in _paint_order(boxes, top, h, w):
         if cls in known:
             out[y0:y1, x0:x1] = model_mask[y0:y1, x0:x1]
         else:

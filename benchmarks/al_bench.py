@@ -7,11 +7,12 @@ tasks: per seed round 0, then the full-pool reference and one task per strategy)
 - pool `agir` (agir.demo.sequences): 60 pots x 6 days = 360 frames of 128 px; 3 common crops, 5 rare
   weeds (each with its own leaf colour and habit) in 1-5 % of the frames, ~89 % background;
   validation 32 and test 48 frames balanced over the 8 species, from other pots;
-- 8 random initial frames, then 3 rounds of 12 (8 -> 44 annotated); round 0 trains 300 steps from
+- 8 random initial frames, then 2 rounds of 12 (8 -> 32 annotated); round 0 trains 300 steps from
   random weights (lr 0.003), each later round fine-tunes the previous round's model 100 steps
   (lr 0.003, warm-up + cosine, grad-norm clip 1), the head widened for new species
   (agir.checkpoint.transfer_weights); CE + Dice with class weights capped at 20x, repeat-factor
-  sampling of frames with rare species (threshold 0.3); settings chosen on the validation split;
+  sampling of frames with rare species (threshold 0.3); the full-pool reference fine-tunes the
+  round-0 model 300 steps on all 360 frames; settings chosen on the validation split;
 - strategies random, veg_random, power, power_cap1, class_balanced, cost_aware; seeds 0-4.
 
     .venv/bin/python benchmarks/al_bench.py --out outputs/al_bench          # the full benchmark

@@ -55,7 +55,7 @@ class SimConfig:
     height: int = 192
     # --- loop
     initial: int = 8
-    rounds: int = 3
+    rounds: int = 2
     per_round: int = 12
     strategies: tuple[str, ...] = ()  # empty: every default that agir.select.strategies has
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -69,6 +69,7 @@ class SimConfig:
     ft_lr: float = 0.003  # later rounds, fine-tuning the previous round's model
     init_steps: int = 300
     ft_steps: int = 100
+    full_steps: int = 300  # the full-pool reference's fine-tuning steps (0: rounds x ft_steps, the last model's)
     weight_cap: float = 20.0  # class weights (inverse pixel frequency) spread at most this much
     repeat_thresh: float = 0.3  # repeat-factor sampling of frames with rare classes (0: uniform draws)
     # --- "review here" hints (§5)

@@ -171,15 +171,20 @@ def _load_round0(cfg: SimConfig, seed: int, out: Path, data: PoolData) -> tuple[
     return saved, m0
 
 
+def full_steps(cfg: SimConfig) -> int:
+    return int(cfg.full_steps) or int(cfg.ft_steps) * max(1, int(cfg.rounds))
+
+
 def full_pool_task(cfg: SimConfig, seed: int, out: Path, data: PoolData, say: Callable[[str], None]) -> None:
-    """The reference: the round-0 model fine-tuned on the whole pool with the compute of the last round's
-    model (rounds x ft_steps); the learning curve has to be able to rise this far (full_pool_gain)."""
+    """The reference: the round-0 model fine-tuned on the whole pool for `full_steps` steps (0: rounds x
+    ft_steps, the compute of the last round's model); the learning curve has to be able to rise this far
+    (full_pool_gain)."""
     saved, m0 = _load_round0(cfg, seed, out, data)
     t1 = time.perf_counter()
     full_classes = M.round_classes(m0.classes, [s.truth for s in data.pool], data.classes)
     mf = M.build(cfg, full_classes, m0.mean, m0.std, previous=m0)
     lossf = M.train(cfg, mf, [s.rgb for s in data.pool], [s.truth for s in data.pool], data.classes,
-                    cfg.ft_steps * max(1, cfg.rounds), cfg.ft_lr, seed * 1000 + 999)
+                    full_steps(cfg), cfg.ft_lr, seed * 1000 + 999)
     _emitter(out, seed, FULL, say)({"seed": seed, "strategy": FULL, "round": cfg.rounds, "annotated": len(data.pool),
                                     **_eval_row(mf, data), "classes": full_classes, "loss": round(lossf, 4),
                                     "train_s": round(time.perf_counter() - t1, 1)})

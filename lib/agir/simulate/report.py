@@ -81,7 +81,8 @@ def _reach(curves: Mapping[int, Mapping[int, Mapping]], seeds: Sequence[int], ta
 
 def _ratio(a: float, b: float) -> float:
     if math.isinf(a):
-        return 1.0 if math.isinf(b) else math.inf
+        # neither reached the target: no ratio was measured (nan), not "the same effort" (1.0)
+        return math.nan if math.isinf(b) else math.inf
     if math.isinf(b) or b <= 0:
         return math.nan if a > 0 else 1.0
     return a / b

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from agir.errors import AgirError
-from agir.masks import BINARY_CLASS, color_for_name, make_classes
+from agir.masks import BINARY_CLASS, check_class_indices, color_for_name, make_classes
 from agir.runs import read_json, write_json
 
 ROUND_CLASSES = "classes.json"  # relative to the run folder
@@ -137,12 +137,7 @@ def read_round_classes(path: str | os.PathLike) -> dict:
     doc = read_json(p)
     if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list):
         raise AgirError(f"{p}: not a round class set (expected an object with a 'classes' list); delete it and rerun")
-    seen: set[int] = set()
-    for c in doc["classes"]:
-        idx = int(c["index"])
-        if not (1 <= idx <= 254) or idx in seen:
-            raise AgirError(f"{p}: class index {idx} invalid or repeated (use 1..254, unique)")
-        seen.add(idx)
+    check_class_indices(doc["classes"], p)
     return doc
 
 

@@ -69,12 +69,18 @@ def read_classes(folder_or_file: str | os.PathLike) -> list[dict]:
     if not p.exists():
         raise AgirError(f"{p}: classes.json missing; every mask folder needs one (see docs/run_folder.md, Masks and classes)")
     classes = read_json(p)
-    seen = set()
-    for c in classes:
-        if not (1 <= int(c["index"]) <= 254) or c["index"] in seen:
-            raise AgirError(f"{p}: class index {c['index']} invalid or repeated (use 1..254, unique)")
-        seen.add(c["index"])
+    check_class_indices(classes, p)
     return classes
+
+
+def check_class_indices(classes: Sequence[Mapping], where: str | os.PathLike) -> None:
+    """Class indices must be 1..254 and unique (0 is background, 255 ignore)."""
+    seen: set[int] = set()
+    for c in classes:
+        idx = int(c["index"])
+        if not (1 <= idx <= 254) or idx in seen:
+            raise AgirError(f"{where}: class index {c['index']} invalid or repeated (use 1..254, unique)")
+        seen.add(idx)
 
 
 def palette_for(classes: Sequence[Mapping]) -> list[int]:

@@ -114,6 +114,20 @@ def test_summary_effort_ratio_paired_difference_and_gain():
     assert "effort_ratio_entropy_ci95=" in lines and "rare_iou_entropy=0.4000" in lines
     assert s["paired"]["random_vs_veg_random"]["mean"] == pytest.approx(-0.05)
     assert "paired_diff_entropy_vs_random=+0.1450" in lines
+    assert s["equal_effort"]["random_vs_veg_random"]["mean"] == pytest.approx(-0.1)  # both at effort 200
+
+
+def test_equal_effort_difference_compares_curves_at_the_same_effort():
+    cfg = SimConfig(strategies=("veg_random", "cost_aware"), rounds=2, seeds=(0, 1, 2))
+    # cost_aware picks cheap frames: half the effort per round, less mIoU per frame
+    results = (_rows("veg_random", [[0.5, 0.6, 0.8]] * 3, 100)
+               + _rows("cost_aware", [[0.5, 0.6, 0.7], [0.5, 0.62, 0.7], [0.5, 0.58, 0.7]], 50))
+    s = summarize(results, cfg, boot=50)
+    # at effort 100 (cost_aware's total): cost_aware 0.7, veg_random 0.6 (per frame it is behind: -0.05, -0.04, -0.06)
+    p = s["equal_effort"]["cost_aware_vs_veg_random"]
+    assert p["mean"] == pytest.approx(0.1) and p["effort"] == pytest.approx(100) and p["n"] == 3
+    assert s["paired"]["cost_aware_vs_veg_random"]["mean"] == pytest.approx(-0.05)
+    assert "equal_effort_diff_cost_aware_vs_veg_random=+0.1000" in "\n".join(format_lines(s))
 
 
 def test_bad_settings_are_one_line_errors():

@@ -55,8 +55,8 @@ class SimConfig:
     height: int = 192
     # --- loop
     initial: int = 8
-    rounds: int = 2
-    per_round: int = 12
+    rounds: int = 4
+    per_round: int = 16
     strategies: tuple[str, ...] = ()  # empty: every default that agir.select.strategies has
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     data_seed: int = 0
@@ -68,8 +68,8 @@ class SimConfig:
     lr: float = 0.003  # round 0, from random weights
     ft_lr: float = 0.003  # later rounds, fine-tuning the previous round's model
     init_steps: int = 300
-    ft_steps: int = 100
-    full_steps: int = 300  # the full-pool reference's fine-tuning steps (0: rounds x ft_steps, the last model's)
+    ft_steps: int = 150
+    full_steps: int = 600  # the full-pool reference's fine-tuning steps (0: rounds x ft_steps, the last model's)
     weight_cap: float = 20.0  # class weights (inverse pixel frequency) spread at most this much
     repeat_thresh: float = 0.3  # repeat-factor sampling of frames with rare classes (0: uniform draws)
     # --- "review here" hints (§5)

@@ -11,6 +11,10 @@
   `s` does, the ratio is nan and `ratio_below` = `s`'s effort / all the effort the baseline spent.
 - `paired_diff_<s>_vs_<b>`: per seed, the mean over rounds >= 1 of class mIoU(s) - class mIoU(b);
   mean over seeds with a t interval.
+- `equal_effort_diff_<s>_vs_<b>`: per seed, class mIoU(s) - class mIoU(b) at the same cumulative effort
+  (both curves interpolated at the smaller of their final efforts); mean over seeds with a t interval.
+  Defined when neither curve reaches the target, and the figure that counts when annotator hours, not
+  frames, are the budget.
 """
 
 from __future__ import annotations
@@ -77,6 +81,18 @@ def _reach(curves: Mapping[int, Mapping[int, Mapping]], seeds: Sequence[int], ta
     ys = np.mean([[curves[s][k]["class_miou"] for k in sorted(curves[s])] for s in seeds], axis=0)
     v = images_to_reach(list(xs), list(ys), target)
     return math.inf if v is None else v
+
+
+def _miou_at_effort(seed_rows: Mapping[int, Mapping], effort: float) -> float:
+    ys = [float(seed_rows[k]["class_miou"]) for k in sorted(seed_rows)]
+    return float(np.interp(effort, _cum_effort(seed_rows), ys))
+
+
+def _t_interval(d: Sequence[float]) -> dict | None:
+    if len(d) < 2:
+        return None
+    half = _t95(len(d)) * float(np.std(d, ddof=1)) / math.sqrt(len(d))
+    return {"mean": float(np.mean(d)), "ci95": [float(np.mean(d)) - half, float(np.mean(d)) + half], "n": len(d)}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -161,10 +177,12 @@ def summarize(results: Sequence[Mapping], cfg, boot: int = 2000) -> dict:
             seeds = sorted(set(scur) & set(bcur))
             d = [float(np.mean([scur[x][k]["class_miou"] - bcur[x][k]["class_miou"] for k in range(1, rounds + 1)]))
                  for x in seeds]
-            if len(d) >= 2:
-                half = _t95(len(d)) * float(np.std(d, ddof=1)) / math.sqrt(len(d))
-                out["paired"][f"{s}_vs_{b}"] = {"mean": float(np.mean(d)), "ci95": [float(np.mean(d)) - half,
-                                                float(np.mean(d)) + half], "n": len(d)}
+            if (p := _t_interval(d)) is not None:
+                out["paired"][f"{s}_vs_{b}"] = p
+            at = [min(_cum_effort(scur[x])[-1], _cum_effort(bcur[x])[-1]) for x in seeds]
+            d = [_miou_at_effort(scur[x], e) - _miou_at_effort(bcur[x], e) for x, e in zip(seeds, at) if e > 0]
+            if (p := _t_interval(d)) is not None:
+                out.setdefault("equal_effort", {})[f"{s}_vs_{b}"] = {**p, "effort": float(np.mean(at))}
     hint = [r for r in results if r.get("hint")]
     if hint:
         full_e = sum(r["effort"] for r in hint)
@@ -213,6 +231,9 @@ def format_lines(summary: Mapping) -> list[str]:
     for key, p in (summary.get("paired") or {}).items():
         lines.append(f"paired_diff_{key}={p['mean']:+.4f} ci95={p['ci95'][0]:+.4f},{p['ci95'][1]:+.4f} "
                      f"(class mIoU, mean over rounds 1.., n={p['n']} seeds)")
+    for key, p in (summary.get("equal_effort") or {}).items():
+        lines.append(f"equal_effort_diff_{key}={p['mean']:+.4f} ci95={p['ci95'][0]:+.4f},{p['ci95'][1]:+.4f} "
+                     f"(class mIoU at the same cumulative effort, mean {p['effort']:.0f}; n={p['n']} seeds)")
     h = summary.get("hinted")
     if h:
         lines.append(f"hinted_effort_fraction={h['effort_fraction']:.4f}")

@@ -17,14 +17,20 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # AGIR_SLURM=1: the real single-node SLURM tests run too (root only; installs slurm-wlm + munge via apt).
+# TEST_WORKERS: pytest-xdist processes (0: one process). Much of an end-to-end test is waiting (process
+# start-up, Snakemake and SLURM polling, the CVAT server), so two workers pay off even on 2 cores
+# (18 min 43 s in one process -> 9 min 51 s). loadscope: a module's tests on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+
 test: $(STAMP)
-	AGIR_SLURM=$${AGIR_SLURM:-1} $(BIN)/python -m pytest -q
+	AGIR_SLURM=$${AGIR_SLURM:-1} $(PYTEST) --durations=15
 
 test-fast: $(STAMP)
-	AGIR_SLURM=0 $(BIN)/python -m pytest -q -m "not slow and not slurm"
+	AGIR_SLURM=0 $(PYTEST) -m "not slow and not slurm"
 
 test-slurm: $(STAMP)
-	AGIR_SLURM=1 $(BIN)/python -m pytest -q -m slurm
+	AGIR_SLURM=1 $(PYTEST) -m slurm
 
 data/demo/agir_demo.duckdb: | $(STAMP)
 	$(BIN)/agir-cvtoolkit demo-data --out data/demo

@@ -19,7 +19,7 @@ from agir.simulate import (
 )
 from agir.simulate.effort import effort, hinted_correction
 from agir.simulate.model import round_classes
-from agir.simulate.report import read_results, summarize
+from agir.simulate.report import read_results, summarize, validation_check
 
 
 def test_images_to_reach_interpolates_and_reports_never():
@@ -128,6 +128,10 @@ def test_equal_effort_difference_compares_curves_at_the_same_effort():
     assert p["mean"] == pytest.approx(0.1) and p["effort"] == pytest.approx(100) and p["n"] == 3
     assert s["paired"]["cost_aware_vs_veg_random"]["mean"] == pytest.approx(-0.05)
     assert "equal_effort_diff_cost_aware_vs_veg_random=+0.1000" in "\n".join(format_lines(s))
+    # the validation check reads val_class_miou instead (here: the test curves shifted down by 0.1)
+    val = validation_check([{**r, "val_class_miou": r["class_miou"] - 0.1} for r in results], cfg, boot=50)
+    assert val["equal_effort"]["cost_aware_vs_veg_random"]["mean"] == pytest.approx(0.1)
+    assert validation_check(results, cfg) == {}  # no validation figures in the rows: nothing to check
 
 
 def test_bad_settings_are_one_line_errors():
@@ -166,7 +170,8 @@ def test_quick_run_through_the_cli(tmp_path, capsys):
     assert '"group_id": "pot000"' in records
     assert (out / "al_curve.png").stat().st_size > 1000 and "| power_cap1 | 2 | 12 |" in (out / "table.md").read_text()
     assert main(["--out", str(out), "--summarize-only"]) == 0  # rebuilds from the run's saved settings
-    assert "hinted_iou_fraction=" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "hinted_iou_fraction=" in printed and "val_effort_ratio_power_cap1=" in printed
     before = sorted((p.name, p.read_text()) for p in out.glob("results_seed*.jsonl"))
     # a resumed run of the same settings keeps every finished task (2 round-0 models + 2 x 4 result files)
     assert main(["--quick", "--out", str(out), "--strategies", strategies, "--jobs", "1", "--resume"]) == 0

@@ -15,6 +15,8 @@
   (both curves interpolated at the smaller of their final efforts); mean over seeds with a t interval.
   Defined when neither curve reaches the target, and the figure that counts when annotator hours, not
   frames, are the budget.
+- `val_effort_ratio_<s>`, `val_equal_effort_diff_<s>_vs_<baseline>`: the same on the validation set
+  (target: 95 % of the full pool's validation class mIoU), a check that a test-set ranking replicates.
 """
 
 from __future__ import annotations
@@ -234,6 +236,14 @@ def format_lines(summary: Mapping) -> list[str]:
     for key, p in (summary.get("equal_effort") or {}).items():
         lines.append(f"equal_effort_diff_{key}={p['mean']:+.4f} ci95={p['ci95'][0]:+.4f},{p['ci95'][1]:+.4f} "
                      f"(class mIoU at the same cumulative effort, mean {p['effort']:.0f}; n={p['n']} seeds)")
+    val = summary.get("validation") or {}
+    for s, e in (val.get("effort_ratio") or {}).items():
+        lines.append(f"val_effort_ratio_{s}={_f(e['ratio'])} ci95={_f(e['ci95'][0])},{_f(e['ci95'][1])} "
+                     "(the same on the validation set)")
+    for key, p in (val.get("equal_effort") or {}).items():
+        if key.endswith(f"_vs_{base}"):
+            lines.append(f"val_equal_effort_diff_{key}={p['mean']:+.4f} ci95={p['ci95'][0]:+.4f},"
+                         f"{p['ci95'][1]:+.4f}")
     h = summary.get("hinted")
     if h:
         lines.append(f"hinted_effort_fraction={h['effort_fraction']:.4f}")
@@ -279,11 +289,24 @@ def plot_curves(summary: Mapping, path: Path) -> None:
     save_png(fig, path, dpi=100)
 
 
+def on_validation(results: Sequence[Mapping]) -> list[dict]:
+    """The same rows with the validation class mIoU in place of the test one (rows without it dropped)."""
+    return [{**r, "class_miou": r["val_class_miou"]} for r in results if r.get("val_class_miou") is not None]
+
+
+def validation_check(results: Sequence[Mapping], cfg, boot: int = 2000) -> dict:
+    """The comparison figures recomputed on the validation set: does a test-set ranking replicate there?"""
+    v = summarize(on_validation(results), cfg, boot)
+    return {k: v[k] for k in ("target", "effort_ratio", "equal_effort") if k in v}
+
+
 def collect(out: Path, cfg) -> dict:
     """Summarise every results_seed*.jsonl in `out` into summary.json, table.md and al_curve.png."""
     results = read_results(out)
     summary = {"config": cfg.as_dict(), "data": read_json_or(Path(out) / "data_info.json", {}),
                **summarize(results, cfg)}
+    if any(r.get("val_class_miou") is not None for r in results):
+        summary["validation"] = validation_check(results, cfg)
     write_json(Path(out) / "summary.json", summary)
     write_text(Path(out) / "table.md", table_markdown(summary))
     if summary["strategies"]:

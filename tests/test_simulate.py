@@ -177,3 +177,23 @@ def test_quick_run_through_the_cli(tmp_path, capsys):
     assert main(["--quick", "--out", str(out), "--strategies", strategies, "--jobs", "1", "--resume"]) == 0
     assert "resume: 10 finished task files kept" in capsys.readouterr().out
     assert sorted((p.name, p.read_text()) for p in out.glob("results_seed*.jsonl")) == before
+
+
+def test_a_task_gives_the_same_model_whatever_ran_before_in_its_process():
+    """Weights are drawn from the task's seed, so a resumed or re-run task reproduces its rows."""
+    import torch
+
+    from agir.simulate import model as M
+
+    cfg = SimConfig(crop_size=32, batch_size=2)
+    rgb = [np.full((32, 32, 3), v, np.uint8) for v in (40, 200)]
+    truth = [np.zeros((32, 32), np.uint8), np.ones((32, 32), np.uint8)]
+
+    def one_task() -> dict:
+        torch.rand(7)  # another task ran before in this worker
+        m = M.build(cfg, ["soybean"], [0.5] * 3, [0.25] * 3, seed=3)
+        M.train(cfg, m, rgb, truth, ["soybean"], 2, 0.003, seed=3)
+        return {k: v.clone() for k, v in m.net.state_dict().items()}
+
+    a, b = one_task(), one_task()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -52,9 +52,12 @@ def norm_stats(rgbs: Sequence[np.ndarray]) -> tuple[list[float], list[float]]:
     return x.mean(0).tolist(), np.maximum(x.std(0), 1e-3).tolist()
 
 
-def build(cfg, classes: Sequence[str], mean, std, previous: SimModel | None = None) -> SimModel:
+def build(cfg, classes: Sequence[str], mean, std, previous: SimModel | None = None, seed: int = 0) -> SimModel:
+    """A network for `classes`, its initial weights drawn from `seed` (not from whatever the worker process
+    ran before), then the previous round's weights copied in where they fit (new head rows keep theirs)."""
     from agir.checkpoint import build_model, transfer_weights
 
+    torch.manual_seed(int(seed))
     net = build_model(cfg.arch, cfg.encoder, 3, len(classes) + 1)
     note = "from scratch: round 0"
     if previous is not None:

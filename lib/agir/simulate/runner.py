@@ -111,7 +111,7 @@ def run_strategy(cfg: SimConfig, strategy: str, seed: int, data: PoolData, round
         labelled += picks
         classes = M.round_classes(model.classes, [s.truth for s in picks], data.classes)
         t1 = time.perf_counter()
-        model = M.build(cfg, classes, model.mean, model.std, previous=model)
+        model = M.build(cfg, classes, model.mean, model.std, previous=model, seed=seed * 1000 + r)
         loss = M.train(cfg, model, [s.rgb for s in labelled], [s.truth for s in labelled], data.classes,
                        cfg.ft_steps, cfg.ft_lr, seed * 1000 + r)
         train_s = time.perf_counter() - t1
@@ -148,7 +148,7 @@ def round0_task(cfg: SimConfig, seed: int, out: Path, data: PoolData) -> None:
     init = [data.pool[i] for i in initial]
     mean, std = M.norm_stats([s.rgb for s in init])
     t0 = time.perf_counter()
-    m0 = M.build(cfg, M.round_classes([], [s.truth for s in init], data.classes), mean, std)
+    m0 = M.build(cfg, M.round_classes([], [s.truth for s in init], data.classes), mean, std, seed=seed)
     loss0 = M.train(cfg, m0, [s.rgb for s in init], [s.truth for s in init], data.classes, cfg.init_steps,
                     cfg.lr, seed)
     base = {"seed": seed, "round": 0, "annotated": len(init), **_eval_row(m0, data), "classes": m0.classes,
@@ -182,7 +182,7 @@ def full_pool_task(cfg: SimConfig, seed: int, out: Path, data: PoolData, say: Ca
     saved, m0 = _load_round0(cfg, seed, out, data)
     t1 = time.perf_counter()
     full_classes = M.round_classes(m0.classes, [s.truth for s in data.pool], data.classes)
-    mf = M.build(cfg, full_classes, m0.mean, m0.std, previous=m0)
+    mf = M.build(cfg, full_classes, m0.mean, m0.std, previous=m0, seed=seed * 1000 + 999)
     lossf = M.train(cfg, mf, [s.rgb for s in data.pool], [s.truth for s in data.pool], data.classes,
                     full_steps(cfg), cfg.ft_lr, seed * 1000 + 999)
     _emitter(out, seed, FULL, say)({"seed": seed, "strategy": FULL, "round": cfg.rounds, "annotated": len(data.pool),

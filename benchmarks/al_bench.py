@@ -1,8 +1,8 @@
 """What active selection buys on AgIR-like data: a simulated annotator, per strategy, over 5 seeds.
 
 Runs `agir.simulate` (protocol: docs/active_learning.md) with the benchmark's choices, sized for
-<= 60 min on an idle 2-core CPU (measured: 43 min) (two single-threaded worker processes; the work is split into
-tasks: per seed round 0, then the full-pool reference and one task per strategy):
+<= 60 min on an idle 2-core CPU (measured: 43 min) on two single-threaded worker processes; the work
+is split into tasks: per seed round 0, then the full-pool reference and one task per strategy.
 
 - pool `agir` (agir.demo.sequences): 60 pots x 6 days = 360 frames of 128 px; 3 common crops, 5 rare
   weeds (each with its own leaf colour and habit) in 1-5 % of the frames, ~89 % background;
@@ -20,8 +20,9 @@ tasks: per seed round 0, then the full-pool reference and one task per strategy)
     .venv/bin/python benchmarks/al_bench.py --pool iid                      # the earlier i.i.d. pool
 
 Prints full_pool_gain=, effort_ratio_<s>= and _ci95=, rare_iou_<s>=, paired differences to random
-and veg_random per round and at equal effort (equal_effort_diff_), hinted_effort_fraction= and hinted_iou_fraction=; writes results_seed*.jsonl,
-summary.json, table.md and al_curve.png into --out as results arrive.
+and veg_random per round and at equal effort (equal_effort_diff_), the same on validation (val_),
+hinted_effort_fraction= and hinted_iou_fraction=; writes results_seed*.jsonl, summary.json, table.md
+and al_curve.png into --out as results arrive.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ def examples_dir(shared_dir: Path) -> Path:
     return shared_dir / "data" / "semif_examples"
 
 
-
 @pytest.hookimpl(tryfirst=True)  # before xdist's own (first result wins)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """make test: -n 2 --dist loadscope. Each test module runs on one worker (its module-scoped fixtures,

@@ -66,8 +66,6 @@ def write_config(workdir: Path, name: str = "config.yaml", **overrides) -> Path:
     return path
 
 
-
-
 def run_cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """`agir-cvtoolkit ARGS` in `workdir` (as `python -m agir.cli`, the same entry point)."""
     proc = subprocess.run([sys.executable, "-m", "agir.cli", *args], cwd=workdir, capture_output=True, text=True,

@@ -14,9 +14,8 @@ from agir.simulate.config import DEFAULT_STRATEGIES, SimConfig
 _OPTIONS = (("groups", int), ("days", int), ("size", int), ("test_per_species", int), ("val_per_species", int),
             ("pool_size", int), ("test", int), ("width", int), ("height", int), ("initial", int), ("rounds", int),
             ("per_round", int), ("data_seed", int), ("arch", str), ("encoder", str), ("crop_size", int),
-            ("batch_size", int), ("lr", float), ("ft_lr", float), ("init_steps", int), ("ft_steps", int), ("full_steps", int), ("weight_cap", float),
-            ("repeat_thresh", float),
-            ("hint_threshold", float), ("hint_regions", int), ("threads", int), ("jobs", int))
+            ("batch_size", int), ("lr", float), ("ft_lr", float), ("init_steps", int), ("ft_steps", int),
+            ("full_steps", int), ("weight_cap", float), ("repeat_thresh", float), ("hint_threshold", float), ("hint_regions", int), ("threads", int), ("jobs", int))
 
 
 def build_parser(prog: str = "agir-cvtoolkit simulate") -> argparse.ArgumentParser:
@@ -44,8 +43,8 @@ def build_parser(prog: str = "agir-cvtoolkit simulate") -> argparse.ArgumentPars
 
 
 QUICK = {"groups": 12, "days": 3, "size": 64, "test_per_species": 1, "val_per_species": 1, "initial": 4,
-         "rounds": 2, "per_round": 4, "init_steps": 6, "ft_steps": 3, "full_steps": 0, "seeds": (0, 1), "batch_size": 4,
-         "crop_size": 64, "pool_size": 16, "test": 4, "width": 128, "height": 96}
+         "rounds": 2, "per_round": 4, "init_steps": 6, "ft_steps": 3, "full_steps": 0, "seeds": (0, 1),
+         "batch_size": 4, "crop_size": 64, "pool_size": 16, "test": 4, "width": 128, "height": 96}
 
 
 def config_from_args(args: argparse.Namespace, argv: Sequence[str] = ()) -> SimConfig:

@@ -110,7 +110,7 @@ def train(cfg, model: SimModel, rgbs: Sequence[np.ndarray], truths: Sequence[np.
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
     # train.class_weights: true (inverse pixel frequency over the labelled set, mean 1): without it the
     # rare species' few pixels never outweigh the background. The spread is capped (cfg.weight_cap,
-    # 10x): at 50x a class seen in one frame dominated the loss and a full-pool run collapsed
+    # 20x): at 50x a class seen in one frame dominated the loss and a full-pool run collapsed
     counts = np.bincount(y_all[y_all != IGNORE].numpy().ravel(), minlength=len(model.classes) + 1).astype(float)
     w = 1.0 / np.maximum(counts / max(1.0, counts.sum()), 1e-4)
     w = np.minimum(w, w.min() * float(cfg.weight_cap))

@@ -14,7 +14,7 @@ import numpy as np
 
 from agir.errors import AgirError
 from agir.logs import get_logger
-from agir.runs import append_jsonl, write_json
+from agir.runs import append_jsonl, atomic_write, write_json
 from agir.simulate import effort as eff
 from agir.simulate import model as M
 from agir.simulate.config import SimConfig, strategy_spec
@@ -153,12 +153,9 @@ def round0_task(cfg: SimConfig, seed: int, out: Path, data: PoolData) -> None:
                     cfg.lr, seed)
     base = {"seed": seed, "round": 0, "annotated": len(init), **_eval_row(m0, data), "classes": m0.classes,
             "loss": round(loss0, 4), "train_s": round(time.perf_counter() - t0, 1)}
-    path = _round0_file(out, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"initial": initial, "classes": m0.classes, "mean": mean, "std": std, "base": base,
-                "state_dict": m0.net.state_dict()}, tmp)
-    tmp.replace(path)  # atomically: a task that loads it never sees half a file
+    with atomic_write(_round0_file(out, seed), "wb") as fh:  # a task that loads it never sees half a file
+        torch.save({"initial": initial, "classes": m0.classes, "mean": mean, "std": std, "base": base,
+                    "state_dict": m0.net.state_dict()}, fh)
 
 
 def _load_round0(cfg: SimConfig, seed: int, out: Path, data: PoolData) -> tuple[dict, M.SimModel]:
@@ -246,6 +243,12 @@ def _finished_tasks(cfg: SimConfig, out: Path) -> set[str]:
     return keep
 
 
+def _tasks_after_round0(cfg: SimConfig, seed: int, done: set[str]) -> list[tuple[str, str | None]]:
+    """The seed's full-pool and strategy tasks whose result files a resumed run does not already have."""
+    tasks: list[tuple[str, str | None]] = [("full", None)] + [("strategy", s) for s in cfg.strategies]
+    return [(k, s) for k, s in tasks if f"results_seed{seed}_{FULL if k == 'full' else s}.jsonl" not in done]
+
+
 def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 
@@ -286,11 +289,8 @@ def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], No
         del data
         with ProcessPoolExecutor(max_workers=int(cfg.jobs), mp_context=mp.get_context("spawn")) as ex:
             def after_round0(seed: int) -> None:  # that seed's model is saved: its other tasks can start
-                if f"results_seed{seed}_{FULL}.jsonl" not in done:
-                    pending[ex.submit(_task_worker, child, str(out), "full", seed)] = seed
-                for strategy in cfg.strategies:
-                    if f"results_seed{seed}_{strategy}.jsonl" not in done:
-                        pending[ex.submit(_task_worker, child, str(out), "strategy", seed, strategy)] = seed
+                for kind, strategy in _tasks_after_round0(cfg, seed, done):
+                    pending[ex.submit(_task_worker, child, str(out), kind, seed, strategy)] = seed
 
             pending: dict = {}
             for seed in cfg.seeds:
@@ -311,11 +311,11 @@ def run_simulation(cfg: SimConfig, out: str | Path, progress: Callable[[str], No
         for seed in cfg.seeds:
             if f"seed{seed}.pt" not in done:
                 round0_task(cfg, seed, out, data)
-            if f"results_seed{seed}_{FULL}.jsonl" not in done:
-                full_pool_task(cfg, seed, out, data, say)
-            for strategy in cfg.strategies:
-                if f"results_seed{seed}_{strategy}.jsonl" not in done:
-                    strategy_task(cfg, seed, strategy, out, data, say)
+            for kind, strategy in _tasks_after_round0(cfg, seed, done):
+                if kind == "full":
+                    full_pool_task(cfg, seed, out, data, say)
+                else:
+                    strategy_task(cfg, seed, str(strategy), out, data, say)
             collect(out, cfg)
     summary = collect(out, cfg)
     summary["seconds"] = round(time.perf_counter() - started, 1)
